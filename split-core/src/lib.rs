@@ -1,0 +1,30 @@
+//! `split-core`: the shared library of splitinfer.
+//!
+//! - [`model`]: a GGUF decoder-only LLM (llama, qwen2) whose split is its API — `embed`, run any
+//!   contiguous range of layers with that range's own [`model::KvCache`], `head`.
+//! - [`tokenizer`]: the byte-level BPE tokenizer rebuilt from the GGUF's own metadata.
+//! - [`split`]: the split point `k` as a checked domain value.
+//! - [`wire`]: tensors as bytes with dtype and shape, as they cross the network.
+//! - [`boundary`]: what happens to the hidden state between the two sides, in process; the
+//!   channel models plug in here.
+//! - [`pipeline`]: monolithic and in-process split execution, and the generation loop.
+//! - [`sampling`]: greedy and seeded temperature / top-k / top-p sampling.
+//! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary.
+//! - [`telemetry`]: the one logging setup every binary calls.
+//! - [`assets`] and [`corpus`]: fetching the model and the Brown corpus into a cache, and turning
+//!   the tagged corpus back into text.
+
+pub mod assets;
+pub mod boundary;
+pub mod corpus;
+pub mod error;
+pub mod model;
+pub mod perplexity;
+pub mod pipeline;
+pub mod sampling;
+pub mod split;
+pub mod telemetry;
+pub mod tokenizer;
+pub mod wire;
+
+pub use error::{Error, Result};

@@ -1,0 +1,253 @@
+//! A decoder-only LLM loaded from GGUF, with the split as its API.
+//!
+//! `embed` → `run_layers` over any contiguous range with that range's own [`KvCache`] →
+//! `head`. Running `0..k` then `k..L` executes exactly the operations of running `0..L`, so split
+//! inference with an f32 boundary is bit-identical to the monolithic model; the tests check it.
+
+mod config;
+mod kv_cache;
+mod layer;
+mod rope;
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{Device, IndexOp, Module, Tensor};
+
+pub use config::{Architecture, ModelConfig};
+pub use kv_cache::{KvCache, LayerKv};
+use layer::{DecoderLayer, Linear, RmsNorm};
+use rope::RopeTable;
+
+use crate::error::{Error, Result};
+use crate::split::SplitPoint;
+
+/// How to hold the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Keep an exact f32 copy of weights whose quantized CPU kernel is scalar (Q4_1, Q5_0, Q5_1)
+    /// and use it for steps of several rows (prefill): ~4x faster prefill for ~4x their memory.
+    /// Off, every step uses the quantized kernel, which rounds activations to 8 bits per block
+    /// the way llama.cpp's CPU path does.
+    pub dense_prefill: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { dense_prefill: true }
+    }
+}
+
+/// The model's weights, shared (read-only) by every session that runs any of its layers.
+#[derive(Debug)]
+pub struct SplitModel {
+    config: ModelConfig,
+    embedding: Arc<QTensor>,
+    layers: Vec<DecoderLayer>,
+    final_norm: RmsNorm,
+    lm_head: QMatMul,
+    rope: RopeTable,
+    device: Device,
+    path: PathBuf,
+}
+
+impl SplitModel {
+    /// Loads a GGUF file of a supported architecture onto the CPU, with default options.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    pub fn load_with(path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let corrupt = |reason: String| Error::CorruptModel { path: path.clone(), reason };
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::ModelNotFound {
+                path: path.clone(),
+                hint: "; run `splitinfer fetch-assets` for the default model or pass --model PATH".into(),
+            },
+            _ => Error::Io { what: "cannot open model file", path: path.clone(), source: e },
+        })?;
+        let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut reader = BufReader::new(file);
+        let content = gguf_file::Content::read(&mut reader).map_err(|e| corrupt(e.to_string()))?;
+        check_tensor_extent(&content, file_len).map_err(corrupt)?;
+
+        let arch_name = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .ok_or_else(|| Error::MissingMetadata { key: "general.architecture".into() })?;
+        let architecture = Architecture::from_gguf_name(&arch_name).ok_or_else(|| Error::UnsupportedArchitecture {
+            arch: arch_name.clone(),
+            path: path.clone(),
+            supported: Architecture::SUPPORTED.into(),
+        })?;
+        let config = ModelConfig::from_gguf(architecture, &content.metadata)?;
+        let device = Device::Cpu;
+        let mut loader = Loader { content: &content, reader: &mut reader, device: &device, options };
+
+        let embedding = Arc::new(loader.qtensor("token_embd.weight")?);
+        let eps = config.rms_eps as f32;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let p = format!("blk.{i}");
+            layers.push(DecoderLayer {
+                index: i,
+                attn_norm: RmsNorm { weight: loader.dense(&format!("{p}.attn_norm.weight"))?, eps },
+                q: loader.linear(&format!("{p}.attn_q"))?,
+                k: loader.linear(&format!("{p}.attn_k"))?,
+                v: loader.linear(&format!("{p}.attn_v"))?,
+                o: loader.linear(&format!("{p}.attn_output"))?,
+                ffn_norm: RmsNorm { weight: loader.dense(&format!("{p}.ffn_norm.weight"))?, eps },
+                gate: loader.linear(&format!("{p}.ffn_gate"))?,
+                up: loader.linear(&format!("{p}.ffn_up"))?,
+                down: loader.linear(&format!("{p}.ffn_down"))?,
+            });
+        }
+        let final_norm = RmsNorm { weight: loader.dense("output_norm.weight")?, eps };
+        // Tied embeddings (SmolLM2, Qwen2.5-0.5B) have no output.weight: the head is the table.
+        let lm_head = if content.tensor_infos.contains_key("output.weight") {
+            QMatMul::from_qtensor(loader.qtensor("output.weight")?)?
+        } else {
+            QMatMul::from_arc(embedding.clone())?
+        };
+        let rope = RopeTable::new(
+            config.head_dim,
+            config.rope_theta,
+            config.context_length,
+            architecture.rope_is_neox(),
+            &device,
+        )?;
+        Ok(Self { config, embedding, layers, final_norm, lm_head, rope, device, path })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.config.n_layers
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A split point checked against this model.
+    pub fn split_point(&self, k: usize) -> Result<SplitPoint> {
+        SplitPoint::new(k, self.config.n_layers)
+    }
+
+    /// Token ids → hidden states `[1, seq, hidden]`.
+    pub fn embed(&self, tokens: &[u32]) -> Result<Tensor> {
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab: self.config.vocab_size });
+        }
+        let ids = Tensor::new(tokens, &self.device)?;
+        Ok(self.embedding.embedding(&ids)?.unsqueeze(0)?)
+    }
+
+    /// Runs the layers `cache.range()` on `hidden` (`[1, seq, hidden]`), whose first row is at
+    /// position `cache.position()`, and advances the cache by `seq`.
+    pub fn run_layers(&self, hidden: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let range = cache.range();
+        self.check_range(&range)?;
+        let seq = self.check_hidden(hidden)?;
+        let needed = cache.position() + seq;
+        if needed > self.config.context_length {
+            return Err(Error::ContextTooLong { needed, limit: self.config.context_length });
+        }
+        let mut x = hidden.clone();
+        for layer in &self.layers[range] {
+            x = layer.forward(&x, &self.config, &self.rope, cache)?;
+        }
+        cache.advance(seq)?;
+        Ok(x)
+    }
+
+    /// Final norm and LM head on every position: `[1, seq, hidden]` → `[seq, vocab]` logits.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.check_hidden(hidden)?;
+        let x = self.final_norm.forward(&hidden.i(0)?)?;
+        Ok(self.lm_head.forward(&x)?)
+    }
+
+    /// Final norm and LM head on the last position only: `[vocab]` logits.
+    pub fn head_last(&self, hidden: &Tensor) -> Result<Tensor> {
+        let seq = self.check_hidden(hidden)?;
+        let last = hidden.narrow(1, seq - 1, 1)?;
+        Ok(self.head(&last)?.i(0)?)
+    }
+
+    fn check_range(&self, range: &Range<usize>) -> Result<()> {
+        if range.start > range.end || range.end > self.config.n_layers {
+            return Err(Error::LayerRange { start: range.start, end: range.end, n_layers: self.config.n_layers });
+        }
+        Ok(())
+    }
+
+    /// Returns the sequence length of a well-formed `[1, seq, hidden]` activation.
+    fn check_hidden(&self, hidden: &Tensor) -> Result<usize> {
+        match *hidden.dims() {
+            [1, seq, h] if seq > 0 && h == self.config.hidden_size => Ok(seq),
+            _ => Err(Error::HiddenShape { got: hidden.dims().to_vec(), hidden: self.config.hidden_size }),
+        }
+    }
+}
+
+/// A GGUF's tensors must lie inside the file; a truncated download otherwise fails much later
+/// with an unhelpful short-read error.
+fn check_tensor_extent(content: &gguf_file::Content, file_len: u64) -> std::result::Result<(), String> {
+    let end = content
+        .tensor_infos
+        .values()
+        .map(|t| {
+            let elems = t.shape.elem_count();
+            let bytes = elems / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+            content.tensor_data_offset + t.offset + bytes as u64
+        })
+        .max()
+        .unwrap_or(0);
+    if end > file_len {
+        return Err(format!("file is truncated: its tensors need {end} bytes but it has {file_len}"));
+    }
+    Ok(())
+}
+
+struct Loader<'a, R> {
+    content: &'a gguf_file::Content,
+    reader: &'a mut R,
+    device: &'a Device,
+    options: LoadOptions,
+}
+
+impl<R: Read + Seek> Loader<'_, R> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        self.content
+            .tensor(self.reader, name, self.device)
+            .map_err(|e| Error::MissingTensor { name: name.into(), reason: e.to_string() })
+    }
+
+    fn dense(&mut self, name: &str) -> Result<Tensor> {
+        Ok(self.qtensor(name)?.dequantize(self.device)?)
+    }
+
+    fn linear(&mut self, prefix: &str) -> Result<Linear> {
+        let q = self.qtensor(&format!("{prefix}.weight"))?;
+        let scalar_kernel = matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
+        let dense = if self.options.dense_prefill && scalar_kernel { Some(q.dequantize(self.device)?) } else { None };
+        let weight = QMatMul::from_qtensor(q)?;
+        let bias_name = format!("{prefix}.bias");
+        let bias = if self.content.tensor_infos.contains_key(&bias_name) { Some(self.dense(&bias_name)?) } else { None };
+        Ok(Linear { weight, dense, bias })
+    }
+}
