@@ -213,7 +213,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let mut printed = 0usize;
     let mut stdout = std::io::stdout();
     if !args.json {
-        print!("{}", args.prompt);
+        print!("{}{}", args.prompt, if args.chat { "\n" } else { "" });
         stdout.flush()?;
     }
     let out = generate(runner.as_mut(), &tokenizer, &prompt_ids, args.max_new_tokens, &mut sampler, true, &mut |tok| {

