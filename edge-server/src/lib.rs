@@ -1,4 +1,96 @@
-//! The edge server: many UE sessions at once, each with the KV caches of layers k..L, the head and sampling.
+//! The edge server of splitinfer.
 //!
-//! Not built yet: this crate only reserves its place in the workspace. The networked issue
-//! (UE, emulator, edge over gRPC) and the agent issue fill it in.
+//! - [`config`]: flags and `EDGE_*` environment variables.
+//! - [`worker`]: the model worker thread that owns every session's KV caches (layers `k..L`) and
+//!   runs the layers, the head and sampling, off the async runtime.
+//! - [`service`]: the `splitinfer.v1.Edge` gRPC service, one task per session stream.
+//! - [`error`]: session errors and their one mapping to gRPC status codes.
+//! - [`run`]: serve on a bound listener until a shutdown future resolves, then end open sessions
+//!   with `UNAVAILABLE` and drain within the grace period.
+
+pub mod config;
+pub mod error;
+pub mod service;
+pub mod worker;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use split_core::bundle::LoadedModel;
+use splitinfer_proto::v1::FILE_DESCRIPTOR_SET;
+use splitinfer_proto::v1::edge_server::EdgeServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::EdgeConfig;
+use service::EdgeService;
+use worker::Worker;
+
+/// Serves the edge on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: EdgeConfig,
+    model: Arc<LoadedModel>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let token = CancellationToken::new();
+    let worker = Worker::spawn(model.clone(), config.max_sessions)?;
+    let addr = listener.local_addr()?;
+
+    let expiry = {
+        let (worker, token, idle) = (worker.clone(), token.clone(), config.idle_timeout());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((idle / 4).max(std::time::Duration::from_millis(10)));
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    _ = tick.tick() => worker.expire(idle),
+                }
+            }
+        })
+    };
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<EdgeServer<EdgeService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let edge = EdgeServer::new(EdgeService {
+        worker,
+        model,
+        shutdown: token.clone(),
+        max_message_bytes: config.max_message_bytes,
+    })
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
+
+    tracing::info!(%addr, "edge server listening");
+    let stop = token.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(edge)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            // Ends every open session with UNAVAILABLE so their streams, and then the server, finish.
+            stop.cancel();
+        });
+    let grace = config.grace_period();
+    let watchdog = {
+        let token = token.clone();
+        async move {
+            token.cancelled().await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    tokio::select! {
+        r = server => r?,
+        () = watchdog => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over with streams still open; exiting"),
+    }
+    token.cancel();
+    let _ = expiry.await;
+    tracing::info!("edge server stopped");
+    Ok(())
+}

@@ -4,18 +4,22 @@
 //!   contiguous range of layers with that range's own [`model::KvCache`], `head`.
 //! - [`tokenizer`]: the byte-level BPE tokenizer rebuilt from the GGUF's own metadata.
 //! - [`split`]: the split point `k` as a checked domain value.
-//! - [`wire`]: tensors as bytes with dtype and shape, as they cross the network.
+//! - [`wire`]: tensors as bytes with dtype and shape, as they cross the network; [`convert`]
+//!   turns the generated `splitinfer.v1` types into these domain types and back.
 //! - [`boundary`]: what happens to the hidden state between the two sides, in process; the
 //!   channel models plug in here.
 //! - [`pipeline`]: monolithic and in-process split execution, and the generation loop.
 //! - [`sampling`]: greedy and seeded temperature / top-k / top-p sampling.
 //! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary.
-//! - [`telemetry`]: the one logging setup every binary calls.
+//! - [`telemetry`]: the one logging setup every binary calls; [`bundle`]: a loaded model with
+//!   its tokenizer and identity, model resolution and the shutdown signal every service uses.
 //! - [`assets`] and [`corpus`]: fetching the model and the Brown corpus into a cache, and turning
 //!   the tagged corpus back into text.
 
 pub mod assets;
 pub mod boundary;
+pub mod bundle;
+pub mod convert;
 pub mod corpus;
 pub mod error;
 pub mod model;

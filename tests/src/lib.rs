@@ -1,10 +1,12 @@
-//! The end-to-end test harness of splitinfer: finding (and if need be fetching) the real assets.
+//! The end-to-end test harness of splitinfer: the real assets (fetched if need be), a testbed
+//! that runs the real edge and emulator servers on loopback ports, and helpers to drive the UE.
 //! The tests themselves live in `tests/`.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use split_core::assets;
+use split_core::bundle::LoadedModel;
 
 /// The default model, fetched into the cache on first use. A test that cannot get it fails with
 /// the reason and the command that fetches it by hand; it never passes silently.
@@ -32,4 +34,99 @@ pub fn default_eval_text() -> PathBuf {
         })
     })
     .clone()
+}
+
+/// The default model loaded once per test process, shared by in-process edges and UEs.
+pub fn shared_model() -> Arc<LoadedModel> {
+    static M: OnceLock<Arc<LoadedModel>> = OnceLock::new();
+    M.get_or_init(|| Arc::new(LoadedModel::load(&default_model()).unwrap())).clone()
+}
+
+/// An edge and a channel emulator in front of it, each the real `run(..)` on its own
+/// 127.0.0.1:0 listener with real gRPC between them; stopped when dropped.
+pub struct Testbed {
+    pub edge_url: String,
+    pub emulator_url: String,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Testbed {
+    pub async fn start() -> Self {
+        Self::start_with(edge_server::EdgeConfig::for_tests()).await
+    }
+
+    pub async fn start_with(edge_config: edge_server::EdgeConfig) -> Self {
+        let model = shared_model();
+        let (edge_stop, edge_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let edge_url = format!("http://{}", listener.local_addr().unwrap());
+        let edge = tokio::spawn(edge_server::run(listener, edge_config, model, async move {
+            let _ = edge_rx.await;
+        }));
+        let (emu_stop, emu_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emulator_url = format!("http://{}", listener.local_addr().unwrap());
+        let config = channel_emulator::EmulatorConfig::new(edge_url.clone());
+        let emu = tokio::spawn(channel_emulator::run(listener, config, async move {
+            let _ = emu_rx.await;
+        }));
+        Self { edge_url, emulator_url, stop: vec![edge_stop, emu_stop], tasks: vec![edge, emu] }
+    }
+
+    /// Stops both services and re-raises any error or panic they ended with.
+    pub async fn shutdown(mut self) {
+        for s in self.stop.drain(..) {
+            let _ = s.send(());
+        }
+        for t in self.tasks.drain(..) {
+            match t.await {
+                Ok(r) => r.unwrap(),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("service task failed: {e}"),
+            }
+        }
+    }
+}
+
+/// A UE request for greedy generation with an f32 wire.
+pub fn greedy_request(prompt: &str, k: usize, max_new_tokens: usize) -> ue_client::GenerateRequest {
+    let model = shared_model();
+    ue_client::GenerateRequest {
+        prompt: model.tokenizer.encode(prompt).unwrap(),
+        split: model.model.split_point(k).unwrap(),
+        wire: split_core::wire::WireDType::F32,
+        max_new_tokens,
+        sampling: split_core::sampling::SamplingConfig::GREEDY,
+        prefill_chunk: 0,
+        client: "test".into(),
+    }
+}
+
+/// Generates through `url` (edge or emulator) with the in-process UE.
+pub async fn generate_via(url: &str, req: ue_client::GenerateRequest) -> Result<ue_client::GenerationReport, ue_client::UeError> {
+    let mut client = ue_client::connect(url, 64 << 20, std::time::Duration::from_secs(5)).await?;
+    ue_client::generate(&mut client, shared_model(), req, |_| {}).await
+}
+
+/// The tokens and log-probabilities the monolithic in-process model produces for `req`.
+pub fn monolithic(req: &ue_client::GenerateRequest) -> Vec<(u32, f32)> {
+    let model = shared_model();
+    let mut f = split_core::pipeline::Monolithic::new(&model.model);
+    let mut sampler = split_core::sampling::Sampler::new(req.sampling).unwrap();
+    let out = split_core::pipeline::generate(&mut f, &model.tokenizer, &req.prompt, req.max_new_tokens, &mut sampler, true, &mut |_| Ok(())).unwrap();
+    out.tokens.iter().map(|t| (t.id, t.logprob)).collect()
+}
+
+/// Path of a workspace binary built next to the running test (same profile and target dir).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace binaries first (`cargo test --workspace --release` does, or `cargo build --release --workspace`)",
+        bin.display()
+    );
+    bin
 }

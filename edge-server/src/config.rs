@@ -1,0 +1,57 @@
+//! Edge server configuration: every option is a flag and an `EDGE_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "edge-server", version, about = "splitinfer edge server: runs layers k..L, the head and sampling for many UE sessions over gRPC")]
+pub struct EdgeConfig {
+    /// Address to listen on.
+    #[arg(long, env = "EDGE_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// GGUF model file. Without it the known model --model-name is used, fetched if missing.
+    #[arg(long, env = "EDGE_MODEL")]
+    pub model: Option<PathBuf>,
+    #[arg(long, env = "EDGE_MODEL_NAME", default_value = "smollm2-135m")]
+    pub model_name: String,
+    /// A session whose stream broke is kept this long for the UE to resume, then dropped.
+    #[arg(long, env = "EDGE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+    /// Largest gRPC message accepted or sent (a prefill of N tokens in f32 is N × hidden × 4 bytes).
+    #[arg(long, env = "EDGE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+    /// Sessions open at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "EDGE_MAX_SESSIONS", default_value_t = 256)]
+    pub max_sessions: usize,
+    /// After SIGTERM/SIGINT, open sessions are ended and the server waits this long for them.
+    #[arg(long, env = "EDGE_GRACE_PERIOD_MS", default_value_t = 5_000)]
+    pub grace_period_ms: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "EDGE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl EdgeConfig {
+    /// Defaults for tests and embedding: listen address is the caller's business.
+    pub fn for_tests() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            model: None,
+            model_name: "smollm2-135m".into(),
+            idle_timeout_ms: 60_000,
+            max_message_bytes: 64 << 20,
+            max_sessions: 256,
+            grace_period_ms: 5_000,
+            log_json: false,
+        }
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn grace_period(&self) -> Duration {
+        Duration::from_millis(self.grace_period_ms)
+    }
+}

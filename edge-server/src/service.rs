@@ -1,0 +1,252 @@
+//! The `splitinfer.v1.Edge` service: one task per stream, all model work sent to the [`Worker`].
+
+use std::time::Instant;
+
+use split_core::bundle::LoadedModel;
+use split_core::sampling::SamplingConfig;
+use split_core::wire::WireTensor;
+use splitinfer_proto::v1 as pb;
+use splitinfer_proto::v1::edge_server::Edge;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::error::EdgeError;
+use crate::worker::{OpenParams, SessionId, StepInput, Worker};
+
+pub struct EdgeService {
+    pub(crate) worker: Worker,
+    pub(crate) model: Arc<LoadedModel>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) max_message_bytes: usize,
+}
+
+type Reply = Result<pb::EdgeMessage, Status>;
+
+#[tonic::async_trait]
+impl Edge for EdgeService {
+    type GenerateStream = ReceiverStream<Reply>;
+
+    async fn generate(&self, request: Request<Streaming<pb::UeMessage>>) -> Result<Response<Self::GenerateStream>, Status> {
+        let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let session = SessionTask {
+            worker: self.worker.clone(),
+            model: self.model.clone(),
+            shutdown: self.shutdown.clone(),
+            max_message_bytes: self.max_message_bytes,
+            tx,
+        };
+        let span = tracing::info_span!("session", %peer, id = tracing::field::Empty, split = tracing::field::Empty);
+        tokio::spawn(session.run(inbound).instrument(span));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        let c = self.model.model.config();
+        Ok(Response::new(pb::InfoResponse {
+            model_name: c.name.clone(),
+            architecture: c.architecture.gguf_name().into(),
+            model_sha256: self.model.sha256.clone(),
+            n_layers: c.n_layers as u32,
+            hidden_size: c.hidden_size as u32,
+            vocab_size: c.vocab_size as u32,
+            context_length: c.context_length as u32,
+            active_sessions: self.worker.active_sessions().await.map_err(Status::from)? as u32,
+        }))
+    }
+}
+
+struct SessionTask {
+    worker: Worker,
+    model: Arc<LoadedModel>,
+    shutdown: CancellationToken,
+    max_message_bytes: usize,
+    tx: mpsc::Sender<Reply>,
+}
+
+/// How a stream ended, which decides the session's fate.
+enum End {
+    /// Finished or refused: the session is gone.
+    Close,
+    /// The transport broke: keep the session for a resume until it idles out.
+    Detach,
+}
+
+impl SessionTask {
+    async fn run(self, mut inbound: Streaming<pb::UeMessage>) {
+        let (id, end) = match self.serve(&mut inbound).await {
+            Ok((id, end)) => (Some(id), end),
+            Err((id, status)) => {
+                if status.code() != Code::Unavailable {
+                    tracing::info!(code = ?status.code(), message = status.message(), "session refused");
+                }
+                let _ = self.tx.send(Err(status)).await;
+                (id, End::Close)
+            }
+        };
+        if let Some(id) = id {
+            match end {
+                End::Close => self.worker.close(id),
+                End::Detach => self.worker.detach(id),
+            }
+        }
+    }
+
+    async fn send(&self, id: &SessionId, msg: pb::edge_message::Kind) -> Result<(), (Option<SessionId>, Status)> {
+        self.tx
+            .send(Ok(pb::EdgeMessage { kind: Some(msg) }))
+            .await
+            .map_err(|_| (Some(id.clone()), Status::cancelled("the UE went away")))
+    }
+
+    /// Runs the session; an error carries the session (if one was opened) and the status to end
+    /// the stream with.
+    async fn serve(&self, inbound: &mut Streaming<pb::UeMessage>) -> Result<(SessionId, End), (Option<SessionId>, Status)> {
+        let open = match self.next(inbound, None).await? {
+            Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Open(open)) }) => open,
+            Some(_) => return Err((None, Status::invalid_argument("the first message of a stream must be open"))),
+            None => return Err((None, Status::invalid_argument("the stream ended before an open message"))),
+        };
+        let params = self.open_params(open).map_err(|e| (None, Status::from(e)))?;
+        let k = params.split.k();
+        let opened = self.worker.open(params).await.map_err(|e| (None, Status::from(e)))?;
+        let id = opened.id;
+        tracing::Span::current().record("id", tracing::field::display(&id)).record("split", k);
+        tracing::info!(position = opened.position, "session open");
+        let c = self.model.model.config();
+        self.send(
+            &id,
+            pb::edge_message::Kind::Opened(pb::Opened {
+                session_id: id.to_string(),
+                n_layers: c.n_layers as u32,
+                hidden_size: c.hidden_size as u32,
+                position: opened.position as u64,
+            }),
+        )
+        .await?;
+
+        loop {
+            let msg = match self.next(inbound, Some(&id)).await {
+                Ok(m) => m,
+                Err((_, status)) if status.code() != Code::Unavailable && status.code() != Code::ResourceExhausted => {
+                    // The transport broke (reset, cancel, connection lost) rather than the UE
+                    // misbehaving or the server stopping: keep the session for a resume.
+                    tracing::info!(code = ?status.code(), message = status.message(), "stream broken; session kept for resume");
+                    return Ok((id, End::Detach));
+                }
+                Err(e) => return Err(e),
+            };
+            let activation = match msg {
+                None => return self.ended(&id).await,
+                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) => a,
+                Some(_) => return Err((Some(id), Status::invalid_argument("only activation messages may follow open"))),
+            };
+            let step = self.step_input(&id, activation).map_err(|e| (Some(id.clone()), Status::from(e)))?;
+            let out = self.worker.step(step).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
+            if let Some(t) = out {
+                tracing::debug!(position = t.position, token = t.id, compute_us = t.compute.as_micros() as u64, "step");
+                self.send(
+                    &id,
+                    pb::edge_message::Kind::Token(pb::Token {
+                        position: t.position as u64,
+                        id: t.id,
+                        logprob: t.logprob,
+                        edge_queue_us: t.queue.as_micros() as u64,
+                        edge_compute_us: t.compute.as_micros() as u64,
+                        eos: t.eos,
+                    }),
+                )
+                .await?;
+            }
+        }
+    }
+
+    /// The next message, unless the server is shutting down; size-limit errors get a clear text.
+    async fn next(
+        &self,
+        inbound: &mut Streaming<pb::UeMessage>,
+        id: Option<&SessionId>,
+    ) -> Result<Option<pb::UeMessage>, (Option<SessionId>, Status)> {
+        let sid = id.cloned();
+        tokio::select! {
+            () = self.shutdown.cancelled() => Err((sid.clone(), Status::unavailable(match &sid {
+                Some(id) => format!("edge server is shutting down; session {id} ended"),
+                None => "edge server is shutting down".to_string(),
+            }))),
+            m = inbound.message() => m.map_err(|s| {
+                if s.code() == Code::OutOfRange && s.message().contains("too large") {
+                    (sid.clone(), Status::resource_exhausted(format!(
+                        "message exceeds the edge's limit of {} bytes (EDGE_MAX_MESSAGE_BYTES): {}",
+                        self.max_message_bytes,
+                        s.message()
+                    )))
+                } else {
+                    (sid.clone(), s)
+                }
+            }),
+        }
+    }
+
+    /// The UE closed its side: fine after the last token, an error mid-prefill. If nobody is
+    /// listening for our reply any more, the RPC was cancelled (a reset can reach us as a plain
+    /// end of stream): that is a broken link, so the session is kept for a resume.
+    async fn ended(&self, id: &SessionId) -> Result<(SessionId, End), (Option<SessionId>, Status)> {
+        if self.tx.is_closed() {
+            tracing::info!("UE went away; session kept for resume");
+            return Ok((id.clone(), End::Detach));
+        }
+        let progress = self.worker.progress(id).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
+        if let Some(p) = progress
+            && p.position < p.prompt_tokens
+        {
+            return Err((
+                Some(id.clone()),
+                Status::invalid_argument(format!(
+                    "stream ended mid-prefill: {} of {} prompt rows received",
+                    p.position, p.prompt_tokens
+                )),
+            ));
+        }
+        tracing::info!("session done");
+        Ok((id.clone(), End::Close))
+    }
+
+    fn open_params(&self, open: pb::Open) -> Result<OpenParams, EdgeError> {
+        if open.model_sha256 != self.model.sha256 {
+            return Err(EdgeError::FailedPrecondition(format!(
+                "the UE runs model sha256 {:?} but this edge serves {}",
+                open.model_sha256, self.model.sha256
+            )));
+        }
+        let split = open.split.ok_or_else(|| EdgeError::InvalidArgument("open carries no split".into()))?;
+        let split = self.model.model.split_point(split.k as usize)?;
+        let sampling = open.sampling.map(SamplingConfig::try_from).transpose()?.unwrap_or(SamplingConfig::GREEDY);
+        let resume = if open.resume_session_id.is_empty() { None } else { Some(SessionId::parse(&open.resume_session_id)?) };
+        Ok(OpenParams {
+            split,
+            sampling,
+            max_new_tokens: open.max_new_tokens as usize,
+            prompt_tokens: open.prompt_tokens as usize,
+            client: open.client,
+            resume,
+        })
+    }
+
+    fn step_input(&self, id: &SessionId, a: pb::Activation) -> Result<StepInput, EdgeError> {
+        let split = a.split.ok_or_else(|| EdgeError::InvalidArgument("activation carries no split".into()))?;
+        let tensor = a.hidden.ok_or_else(|| EdgeError::InvalidArgument("activation carries no hidden state".into()))?;
+        let hidden = WireTensor::try_from(tensor)?;
+        Ok(StepInput {
+            session: id.clone(),
+            position: a.position as usize,
+            k: split.k as usize,
+            hidden,
+            enqueued: Instant::now(),
+        })
+    }
+}

@@ -1,0 +1,388 @@
+//! The model worker: one thread that owns every session's KV caches and runs all tensor math,
+//! driven by jobs over a channel with oneshot replies (an actor, like TGI's queue), so no tokio
+//! worker ever blocks on a forward pass.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use candle_core::Tensor;
+use split_core::bundle::LoadedModel;
+use split_core::model::KvCache;
+use split_core::sampling::{Sampler, SamplingConfig};
+use split_core::split::SplitPoint;
+use split_core::wire::WireTensor;
+use tokio::sync::oneshot;
+
+use crate::error::EdgeError;
+
+/// Opaque session identifier handed to the UE.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn parse(s: &str) -> Result<Self, EdgeError> {
+        if s.is_empty() || s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(EdgeError::InvalidArgument(format!("session id {s:?} is malformed")));
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenParams {
+    pub split: SplitPoint,
+    pub sampling: SamplingConfig,
+    pub max_new_tokens: usize,
+    pub prompt_tokens: usize,
+    pub client: String,
+    pub resume: Option<SessionId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub id: SessionId,
+    pub position: usize,
+}
+
+#[derive(Debug)]
+pub struct StepInput {
+    pub session: SessionId,
+    pub position: usize,
+    pub k: usize,
+    pub hidden: WireTensor,
+    pub enqueued: Instant,
+}
+
+/// The token a completed step produced.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenOut {
+    /// Position after the step (exclusive end of the rows it consumed).
+    pub position: usize,
+    pub id: u32,
+    pub logprob: f32,
+    pub queue: Duration,
+    pub compute: Duration,
+    pub eos: bool,
+}
+
+/// Where a session stands: prefill still short of the prompt, and whether it is done.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub position: usize,
+    pub prompt_tokens: usize,
+    pub finished: bool,
+}
+
+enum Job {
+    Open(OpenParams, oneshot::Sender<Result<Opened, EdgeError>>),
+    Step(StepInput, oneshot::Sender<Result<Option<TokenOut>, EdgeError>>),
+    /// End a session for good.
+    Close(SessionId),
+    /// The session's stream broke: keep it for a resume until it idles out.
+    Detach(SessionId),
+    Progress(SessionId, oneshot::Sender<Option<Progress>>),
+    Expire(Duration),
+    Count(oneshot::Sender<usize>),
+}
+
+/// Handle to the model worker thread; cheap to clone.
+#[derive(Clone)]
+pub struct Worker {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Worker {
+    pub fn spawn(model: Arc<LoadedModel>, max_sessions: usize) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new().name("edge-model".into()).spawn(move || {
+            let mut state = State {
+                model,
+                max_sessions,
+                sessions: HashMap::new(),
+                expired: VecDeque::new(),
+                next_id: 0,
+                salt: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            };
+            // Ends when every handle is dropped.
+            while let Ok(job) = rx.recv() {
+                state.handle(job);
+            }
+        })?;
+        Ok(Self { tx })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Job) -> Result<T, EdgeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).map_err(|_| EdgeError::Unavailable("the model worker has stopped".into()))?;
+        rx.await.map_err(|_| EdgeError::Internal("the model worker dropped a request".into()))
+    }
+
+    pub async fn open(&self, p: OpenParams) -> Result<Opened, EdgeError> {
+        self.call(|r| Job::Open(p, r)).await?
+    }
+
+    pub async fn step(&self, s: StepInput) -> Result<Option<TokenOut>, EdgeError> {
+        self.call(|r| Job::Step(s, r)).await?
+    }
+
+    pub async fn progress(&self, id: &SessionId) -> Result<Option<Progress>, EdgeError> {
+        self.call(|r| Job::Progress(id.clone(), r)).await
+    }
+
+    pub async fn active_sessions(&self) -> Result<usize, EdgeError> {
+        self.call(Job::Count).await
+    }
+
+    pub fn close(&self, id: SessionId) {
+        let _ = self.tx.send(Job::Close(id));
+    }
+
+    pub fn detach(&self, id: SessionId) {
+        let _ = self.tx.send(Job::Detach(id));
+    }
+
+    pub fn expire(&self, idle: Duration) {
+        let _ = self.tx.send(Job::Expire(idle));
+    }
+}
+
+struct Session {
+    split: SplitPoint,
+    cache: KvCache,
+    sampler: Sampler,
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    generated: usize,
+    finished: bool,
+    attached: bool,
+    last_active: Instant,
+    client: String,
+}
+
+struct State {
+    model: Arc<LoadedModel>,
+    max_sessions: usize,
+    sessions: HashMap<SessionId, Session>,
+    /// Recently expired ids, so a late resume hears "expired" rather than "unknown".
+    expired: VecDeque<SessionId>,
+    next_id: u64,
+    salt: u64,
+}
+
+const EXPIRED_MEMORY: usize = 4096;
+
+impl State {
+    fn handle(&mut self, job: Job) {
+        match job {
+            Job::Open(p, reply) => {
+                let _ = reply.send(self.open(p));
+            }
+            Job::Step(s, reply) => {
+                let _ = reply.send(self.step(s));
+            }
+            Job::Close(id) => {
+                if let Some(s) = self.sessions.remove(&id) {
+                    tracing::debug!(session = %id, client = %s.client, generated = s.generated, "session closed");
+                }
+            }
+            Job::Detach(id) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.attached = false;
+                    s.last_active = Instant::now();
+                }
+            }
+            Job::Progress(id, reply) => {
+                let _ = reply.send(self.sessions.get(&id).map(|s| Progress {
+                    position: s.cache.position(),
+                    prompt_tokens: s.prompt_tokens,
+                    finished: s.finished,
+                }));
+            }
+            Job::Expire(idle) => self.expire(idle),
+            Job::Count(reply) => {
+                let _ = reply.send(self.sessions.len());
+            }
+        }
+    }
+
+    fn missing(&self, id: &SessionId) -> EdgeError {
+        if self.expired.contains(id) {
+            EdgeError::NotFound(format!("session {id} expired after being idle"))
+        } else {
+            EdgeError::NotFound(format!("unknown session {id}"))
+        }
+    }
+
+    fn open(&mut self, p: OpenParams) -> Result<Opened, EdgeError> {
+        if let Some(id) = p.resume {
+            let missing = self.missing(&id);
+            let s = self.sessions.get_mut(&id).ok_or(missing)?;
+            if s.attached {
+                return Err(EdgeError::FailedPrecondition(format!("session {id} is still attached to another stream")));
+            }
+            if s.split != p.split {
+                return Err(EdgeError::InvalidArgument(format!(
+                    "resume of session {id} with split k={} but it runs k={}",
+                    p.split.k(),
+                    s.split.k()
+                )));
+            }
+            s.attached = true;
+            s.last_active = Instant::now();
+            return Ok(Opened { id, position: s.cache.position() });
+        }
+        if self.sessions.len() >= self.max_sessions {
+            return Err(EdgeError::ResourceExhausted(format!(
+                "the edge already serves {} sessions, its limit (EDGE_MAX_SESSIONS)",
+                self.max_sessions
+            )));
+        }
+        if p.prompt_tokens == 0 {
+            return Err(EdgeError::InvalidArgument("prompt_tokens is 0: a session needs a prompt".into()));
+        }
+        if p.max_new_tokens == 0 {
+            return Err(EdgeError::InvalidArgument("max_new_tokens is 0: nothing to generate".into()));
+        }
+        let limit = self.model.model.config().context_length;
+        if p.prompt_tokens + p.max_new_tokens > limit {
+            return Err(EdgeError::ResourceExhausted(format!(
+                "prompt_tokens {} + max_new_tokens {} exceeds the model's context of {limit}",
+                p.prompt_tokens, p.max_new_tokens
+            )));
+        }
+        self.next_id += 1;
+        let id = SessionId(format!("s{:016x}", self.next_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.salt));
+        let n_layers = self.model.model.n_layers();
+        self.sessions.insert(
+            id.clone(),
+            Session {
+                split: p.split,
+                cache: KvCache::new(p.split.edge_layers(n_layers)),
+                sampler: Sampler::new(p.sampling)?,
+                prompt_tokens: p.prompt_tokens,
+                max_new_tokens: p.max_new_tokens,
+                generated: 0,
+                finished: false,
+                attached: true,
+                last_active: Instant::now(),
+                client: p.client,
+            },
+        );
+        Ok(Opened { id, position: 0 })
+    }
+
+    fn step(&mut self, s: StepInput) -> Result<Option<TokenOut>, EdgeError> {
+        let queue = s.enqueued.elapsed();
+        let started = Instant::now();
+        let missing = self.missing(&s.session);
+        let model = &self.model.model;
+        let hidden_size = model.config().hidden_size;
+        let sess = self.sessions.get_mut(&s.session).ok_or(missing)?;
+        sess.last_active = Instant::now();
+        let id = &s.session;
+        if s.k != sess.split.k() {
+            return Err(EdgeError::FailedPrecondition(format!(
+                "activation computed with split k={} but session {id} runs k={}; this edge does not change splits live",
+                s.k,
+                sess.split.k()
+            )));
+        }
+        let pos = sess.cache.position();
+        if s.position < pos {
+            return Err(EdgeError::InvalidArgument(format!(
+                "activation at position {} repeats: session {id} is already at position {pos}",
+                s.position
+            )));
+        }
+        if s.position > pos {
+            return Err(EdgeError::InvalidArgument(format!(
+                "activation at position {} is out of order: session {id} expects position {pos}",
+                s.position
+            )));
+        }
+        let rows = match *s.hidden.shape() {
+            [1, rows, h] if h == hidden_size && rows > 0 => rows,
+            [1, _, h] if h != hidden_size => {
+                return Err(EdgeError::InvalidArgument(format!(
+                    "hidden size {h} differs from the model's {hidden_size}"
+                )));
+            }
+            ref shape => {
+                return Err(EdgeError::InvalidArgument(format!(
+                    "activation shape {shape:?} is not [1, rows >= 1, {hidden_size}]"
+                )));
+            }
+        };
+        let prefill_left = sess.prompt_tokens.saturating_sub(pos);
+        if prefill_left > 0 {
+            if rows > prefill_left {
+                return Err(EdgeError::InvalidArgument(format!(
+                    "prefill chunk of {rows} rows overruns the prompt: {prefill_left} of {} prompt rows remain",
+                    sess.prompt_tokens
+                )));
+            }
+        } else {
+            if rows != 1 {
+                return Err(EdgeError::InvalidArgument(format!("a decode step carries 1 row, got {rows}")));
+            }
+            if sess.generated >= sess.max_new_tokens {
+                return Err(EdgeError::ResourceExhausted(format!(
+                    "session {id} already generated its max_new_tokens={}",
+                    sess.max_new_tokens
+                )));
+            }
+        }
+        let values = s.hidden.to_f32_vec();
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(EdgeError::InvalidArgument(format!("activation holds a non-finite value {v} at element {i}")));
+        }
+        let x = Tensor::from_vec(values, (1, rows, hidden_size), model.device())?;
+        let h = model.run_layers(&x, &mut sess.cache)?;
+        let end = pos + rows;
+        if end < sess.prompt_tokens {
+            return Ok(None);
+        }
+        let logits = model.head_last(&h)?.to_vec1::<f32>()?;
+        let sampled = sess.sampler.sample(&logits)?;
+        sess.generated += 1;
+        let eos = self.model.tokenizer.is_eos(sampled.id);
+        sess.finished = eos || sess.generated >= sess.max_new_tokens;
+        Ok(Some(TokenOut {
+            position: end,
+            id: sampled.id,
+            logprob: sampled.logprob,
+            queue,
+            compute: started.elapsed(),
+            eos,
+        }))
+    }
+
+    fn expire(&mut self, idle: Duration) {
+        let now = Instant::now();
+        let stale: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.duration_since(s.last_active) > idle)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.sessions.remove(&id);
+            tracing::info!(session = %id, idle_ms = idle.as_millis() as u64, "session expired");
+            if self.expired.len() == EXPIRED_MEMORY {
+                self.expired.pop_front();
+            }
+            self.expired.push_back(id);
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Bad input gets a clear gRPC status, and a healthy session running at the same time completes
+//! with the right tokens. Most cases go through the emulator, which must relay the edge's status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use splitinfer_proto::v1 as pb;
+use splitinfer_tests::{Testbed, generate_via, greedy_request, monolithic, shared_model};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
+
+const HIDDEN: usize = 576;
+
+fn open(k: u32, prompt_tokens: u32) -> pb::UeMessage {
+    pb::UeMessage {
+        kind: Some(pb::ue_message::Kind::Open(pb::Open {
+            model_sha256: shared_model().sha256.clone(),
+            split: Some(pb::Split { k, epoch: 0 }),
+            sampling: None,
+            max_new_tokens: 4,
+            prompt_tokens,
+            client: "bad-input-test".into(),
+            resume_session_id: String::new(),
+        })),
+    }
+}
+
+fn resume(id: &str) -> pb::UeMessage {
+    let mut m = open(10, 4);
+    if let Some(pb::ue_message::Kind::Open(o)) = m.kind.as_mut() {
+        o.resume_session_id = id.into();
+    }
+    m
+}
+
+fn tensor(shape: &[u64], data: Vec<u8>) -> pb::Tensor {
+    pb::Tensor { dtype: pb::DType::DtypeF32 as i32, shape: shape.to_vec(), data: Bytes::from(data) }
+}
+
+fn rows(n: usize, hidden: usize) -> pb::Tensor {
+    tensor(&[1, n as u64, hidden as u64], vec![0u8; n * hidden * 4])
+}
+
+fn activation(position: u64, k: u32, hidden: pb::Tensor) -> pb::UeMessage {
+    pb::UeMessage {
+        kind: Some(pb::ue_message::Kind::Activation(pb::Activation {
+            position,
+            split: Some(pb::Split { k, epoch: 0 }),
+            hidden: Some(hidden),
+            ue_compute_us: 0,
+        })),
+    }
+}
+
+async fn client(url: &str) -> pb::edge_client::EdgeClient<tonic::transport::Channel> {
+    pb::edge_client::EdgeClient::connect(url.to_string())
+        .await
+        .unwrap()
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(64 << 20)
+}
+
+/// Sends `msgs` on one stream (closing it afterwards if `close`) and returns the status it ends with.
+async fn session_status(url: &str, msgs: Vec<pb::UeMessage>, close: bool) -> Status {
+    let (tx, rx) = mpsc::channel(16);
+    for m in msgs {
+        tx.send(m).await.unwrap();
+    }
+    let keep = if close {
+        drop(tx);
+        None
+    } else {
+        Some(tx)
+    };
+    let mut c = client(url).await;
+    let mut inbound = match c.generate(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return s,
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match inbound.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error status"),
+                Err(s) => return s,
+            }
+        }
+    })
+    .await
+    .expect("no status within 60 s");
+    drop(keep);
+    outcome
+}
+
+/// Runs the bad session next to a healthy one; asserts the status and the healthy tokens.
+async fn assert_refused(url: &str, msgs: Vec<pb::UeMessage>, close: bool, code: Code, needle: &str) {
+    let healthy_req = greedy_request("The capital of France is", 12, 6);
+    let want: Vec<u32> = monolithic(&healthy_req).into_iter().map(|t| t.0).collect();
+    eprintln!("case: expecting {code:?} {needle:?} via {url}");
+    let (status, healthy) = tokio::join!(session_status(url, msgs, close), generate_via(url, healthy_req));
+    assert_eq!(status.code(), code, "wrong code; message: {}", status.message());
+    assert!(status.message().contains(needle), "message {:?} does not say {needle:?}", status.message());
+    assert_eq!(healthy.expect("the healthy session failed").token_ids(), want, "healthy session disturbed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_activations_are_refused_and_others_keep_going() {
+    let bed = Testbed::start().await;
+    let url = bed.emulator_url.clone();
+    assert_refused(&url, vec![open(10, 2), activation(0, 10, tensor(&[1, 2, 576], vec![0; 100]))], false,
+        Code::InvalidArgument, "tensor of shape [1, 2, 576] and dtype f32 needs 4608 bytes, got 100").await;
+    assert_refused(&url, vec![open(10, 2), activation(0, 10, rows(2, 100))], false,
+        Code::InvalidArgument, "hidden size 100 differs from the model's 576").await;
+    let mut nan = vec![0u8; 2 * HIDDEN * 4];
+    nan[20..24].copy_from_slice(&f32::NAN.to_le_bytes());
+    assert_refused(&url, vec![open(10, 2), activation(0, 10, tensor(&[1, 2, 576], nan))], false,
+        Code::InvalidArgument, "non-finite value NaN at element 5").await;
+    let mut inf = vec![0u8; 2 * HIDDEN * 4];
+    inf[0..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    assert_refused(&url, vec![open(10, 2), activation(0, 10, tensor(&[1, 2, 576], inf))], false,
+        Code::InvalidArgument, "non-finite value inf at element 0").await;
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_sessions_and_steps_are_refused_and_others_keep_going() {
+    let bed = Testbed::start().await;
+    let url = bed.emulator_url.clone();
+    assert_refused(&url, vec![open(31, 2)], false, Code::InvalidArgument, "split point 31 is outside 0..=30").await;
+    assert_refused(&url, vec![activation(0, 10, rows(1, HIDDEN))], false,
+        Code::InvalidArgument, "the first message of a stream must be open").await;
+    let mut other_model = open(10, 2);
+    if let Some(pb::ue_message::Kind::Open(o)) = other_model.kind.as_mut() {
+        o.model_sha256 = "0".repeat(64);
+    }
+    assert_refused(&url, vec![other_model], false, Code::FailedPrecondition, "but this edge serves b179c952").await;
+    // Prefill of 2 rows (→ a token), then a step that skips ahead, or one that repeats.
+    assert_refused(&url, vec![open(10, 2), activation(0, 10, rows(2, HIDDEN)), activation(5, 10, rows(1, HIDDEN))], false,
+        Code::InvalidArgument, "activation at position 5 is out of order: session").await;
+    assert_refused(&url, vec![open(10, 2), activation(0, 10, rows(2, HIDDEN)), activation(0, 10, rows(1, HIDDEN))], false,
+        Code::InvalidArgument, "activation at position 0 repeats").await;
+    for u in [bed.edge_url.clone(), url.clone()] {
+        assert_refused(&u, vec![open(10, 6), activation(0, 10, rows(3, HIDDEN))], true,
+            Code::InvalidArgument, "stream ended mid-prefill: 3 of 6 prompt rows received").await;
+    }
+    assert_refused(&url, vec![resume("s00000000deadbeef")], false, Code::NotFound, "unknown session s00000000deadbeef").await;
+    bed.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_messages_and_expired_sessions_are_refused() {
+    let mut config = edge_server::EdgeConfig::for_tests();
+    config.max_message_bytes = 1 << 20;
+    config.idle_timeout_ms = 300;
+    let bed = Testbed::start_with(config).await;
+    // 500 rows of f32 is 1.15 MB, over the edge's 1 MiB (sent to the edge directly: the emulator
+    // in front allows 64 MiB and would pass it on, which the second call checks).
+    for url in [bed.edge_url.clone(), bed.emulator_url.clone()] {
+        assert_refused(&url, vec![open(10, 500), activation(0, 10, rows(500, HIDDEN))], false,
+            Code::ResourceExhausted, "exceeds the edge's limit of 1048576 bytes").await;
+    }
+
+    // A stream that breaks mid-prefill leaves its session for a resume, until it idles out.
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(open(10, 4)).await.unwrap();
+    let mut c = client(&bed.edge_url).await;
+    let mut inbound = c.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let id = match inbound.message().await.unwrap().unwrap().kind {
+        Some(pb::edge_message::Kind::Opened(o)) => o.session_id,
+        other => panic!("expected opened, got {other:?}"),
+    };
+    tx.send(activation(0, 10, rows(2, HIDDEN))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Cancel the RPC with the request side still open, as a lost link does (a clean half-close
+    // first would be an orderly end, and mid-prefill an error).
+    drop(inbound);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_refused(&bed.edge_url, vec![resume(&id)], false, Code::NotFound, &format!("session {id} expired")).await;
+    drop(tx);
+    bed.shutdown().await;
+}

@@ -1,0 +1,61 @@
+//! UE client configuration: every option is a flag and a `UE_*` environment variable.
+
+use std::path::PathBuf;
+
+use split_core::wire::WireDType;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "ue-client",
+    version,
+    about = "splitinfer UE: runs the embedding and layers 0..K here, streams the hidden state to the edge (or the channel emulator in front of it) and prints the text as tokens come back"
+)]
+pub struct UeConfig {
+    /// The edge server, or the channel emulator in front of it.
+    #[arg(long, env = "UE_EDGE", default_value = "http://127.0.0.1:50051")]
+    pub edge: String,
+    /// GGUF model file; must be the file the edge serves (compared by sha256).
+    #[arg(long, env = "UE_MODEL")]
+    pub model: Option<PathBuf>,
+    #[arg(long, env = "UE_MODEL_NAME", default_value = "smollm2-135m")]
+    pub model_name: String,
+    /// Split point K: layers 0..K run here, K..L on the edge.
+    #[arg(long, env = "UE_SPLIT", default_value_t = 15)]
+    pub split: usize,
+    /// Element type of the hidden state on the wire: f32 (exact), f16 or bf16 (half the bytes).
+    #[arg(long, env = "UE_WIRE_DTYPE", default_value = "f32")]
+    pub wire_dtype: WireDType,
+    #[arg(long, short, env = "UE_PROMPT")]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat turn format (ChatML).
+    #[arg(long, env = "UE_CHAT")]
+    pub chat: bool,
+    #[arg(long, short = 'n', env = "UE_MAX_NEW_TOKENS", default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, env = "UE_TEMPERATURE", default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, env = "UE_TOP_K")]
+    pub top_k: Option<usize>,
+    #[arg(long, env = "UE_TOP_P")]
+    pub top_p: Option<f32>,
+    /// Seed of the edge's sampler.
+    #[arg(long, env = "UE_SEED", default_value_t = 0)]
+    pub seed: u64,
+    /// Rows per prefill message (0 = the whole prompt in one message).
+    #[arg(long, env = "UE_PREFILL_CHUNK", default_value_t = 0)]
+    pub prefill_chunk: usize,
+    /// Largest gRPC message sent or accepted.
+    #[arg(long, env = "UE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_message_bytes: usize,
+    #[arg(long, env = "UE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+    /// Print one JSON object (text, tokens, timings) instead of streaming text.
+    #[arg(long, env = "UE_JSON")]
+    pub json: bool,
+    /// Label for the edge's logs.
+    #[arg(long, env = "UE_NAME", default_value = "ue")]
+    pub name: String,
+    #[arg(long, env = "UE_LOG_JSON")]
+    pub log_json: bool,
+}

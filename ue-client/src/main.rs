@@ -1,0 +1,79 @@
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use split_core::bundle::{LoadedModel, resolve_model};
+use split_core::sampling::SamplingConfig;
+use ue_client::{GenerateRequest, UeConfig};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = UeConfig::parse();
+    split_core::telemetry::init(config.log_json);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: UeConfig) -> anyhow::Result<()> {
+    let sampling = SamplingConfig { temperature: config.temperature, top_k: config.top_k, top_p: config.top_p, seed: config.seed };
+    sampling.validate()?;
+    let path = resolve_model(config.model.as_deref(), &config.model_name)?;
+    let model = Arc::new(tokio::task::spawn_blocking(move || LoadedModel::load(&path)).await??);
+    let split = model.model.split_point(config.split)?;
+    let prompt = if config.chat {
+        format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", config.prompt)
+    } else {
+        config.prompt.clone()
+    };
+    let prompt_ids = model.tokenizer.encode(&prompt)?;
+    let mut client = ue_client::connect(&config.edge, config.max_message_bytes, Duration::from_millis(config.connect_timeout_ms))
+        .await
+        .context("is the edge server (or the channel emulator) running and reachable?")?;
+    let req = GenerateRequest {
+        prompt: prompt_ids,
+        split,
+        wire: config.wire_dtype,
+        max_new_tokens: config.max_new_tokens,
+        sampling,
+        prefill_chunk: config.prefill_chunk,
+        client: config.name.clone(),
+    };
+    let tokenizer = model.tokenizer.clone();
+    let mut ids = Vec::new();
+    let mut printed = 0usize;
+    if !config.json {
+        print!("{}{}", config.prompt, if config.chat { "\n" } else { "" });
+        let _ = std::io::stdout().flush();
+    }
+    let json = config.json;
+    let report = ue_client::generate(&mut client, model, req, |t| {
+        if json || tokenizer.is_eos(t.id) {
+            return;
+        }
+        ids.push(t.id);
+        if let Ok(piece) = tokenizer.decode_incremental(&ids, &mut printed) {
+            print!("{piece}");
+            let _ = std::io::stdout().flush();
+        }
+    })
+    .await?;
+    let text_ids: Vec<u32> = report.token_ids().into_iter().filter(|&id| !tokenizer.is_eos(id)).collect();
+    if config.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["text"] = serde_json::Value::String(tokenizer.decode(&text_ids)?);
+        v["token_ids"] = serde_json::to_value(report.token_ids())?;
+        println!("{v}");
+    } else {
+        println!();
+        eprint!("{}", report.breakdown());
+    }
+    Ok(())
+}

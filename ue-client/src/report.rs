@@ -1,0 +1,80 @@
+//! Per-token timings as the UE sees them, and their summary.
+
+use serde::Serialize;
+
+/// One generated token and what it cost. The network share is the round trip minus the edge's
+/// own queue and compute time: serialization, the emulated air time and transport, both ways.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenEvent {
+    pub id: u32,
+    pub logprob: f32,
+    /// Rows the step carried (the prompt length for the first token, then 1).
+    pub rows: usize,
+    pub ue_compute_us: u64,
+    pub network_us: u64,
+    pub edge_queue_us: u64,
+    pub edge_compute_us: u64,
+    pub bytes_up: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationReport {
+    pub session_id: String,
+    pub split: usize,
+    pub wire: String,
+    pub prompt_tokens: usize,
+    pub tokens: Vec<TokenEvent>,
+    pub stopped_at_eos: bool,
+    pub bytes_up: u64,
+    pub elapsed_ms: f64,
+}
+
+impl GenerationReport {
+    pub fn token_ids(&self) -> Vec<u32> {
+        self.tokens.iter().map(|t| t.id).collect()
+    }
+
+    /// A small table: prefill (first token) and decode (the rest), mean and p50/p95 per part.
+    pub fn breakdown(&self) -> String {
+        let mut out = String::new();
+        let (prefill, decode) = match self.tokens.split_first() {
+            Some((p, d)) => (p, d),
+            None => return "no tokens generated\n".into(),
+        };
+        out.push_str(&format!(
+            "split k={} wire {} | {} prompt tokens, {} generated in {:.0} ms | {} bytes up ({:.0} per decode token)\n",
+            self.split,
+            self.wire,
+            self.prompt_tokens,
+            self.tokens.len(),
+            self.elapsed_ms,
+            self.bytes_up,
+            if decode.is_empty() { 0.0 } else { decode.iter().map(|t| t.bytes_up as f64).sum::<f64>() / decode.len() as f64 }
+        ));
+        out.push_str("phase    part          mean ms    p50 ms    p95 ms\n");
+        type Part = (&'static str, fn(&TokenEvent) -> u64);
+        let parts: [Part; 4] = [
+            ("ue compute", |t| t.ue_compute_us),
+            ("network", |t| t.network_us),
+            ("edge queue", |t| t.edge_queue_us),
+            ("edge compute", |t| t.edge_compute_us),
+        ];
+        for (phase, events) in [("prefill", std::slice::from_ref(prefill)), ("decode", decode)] {
+            if events.is_empty() {
+                continue;
+            }
+            for (name, f) in parts {
+                let mut v: Vec<u64> = events.iter().map(f).collect();
+                v.sort_unstable();
+                let mean = v.iter().sum::<u64>() as f64 / v.len() as f64 / 1e3;
+                let pct = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1e3;
+                out.push_str(&format!("{phase:<8} {name:<13} {mean:>8.2}  {:>8.2}  {:>8.2}\n", pct(0.5), pct(0.95)));
+            }
+        }
+        if decode.len() > 1 {
+            let total_us: u64 = decode.iter().map(|t| t.ue_compute_us + t.network_us + t.edge_queue_us + t.edge_compute_us).sum();
+            out.push_str(&format!("decode   {:.1} tokens/s\n", decode.len() as f64 / (total_us as f64 / 1e6)));
+        }
+        out
+    }
+}
