@@ -15,7 +15,7 @@ pub struct EdgeConfig {
     pub model: Option<PathBuf>,
     #[arg(long, env = "EDGE_MODEL_NAME", default_value = "smollm2-135m")]
     pub model_name: String,
-    /// A session whose stream broke is kept this long for the UE to resume, then dropped.
+    /// A session whose stream broke (link lost) is kept this long for the UE to resume, then dropped.
     #[arg(long, env = "EDGE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
     /// Largest gRPC message accepted or sent (a prefill of N tokens in f32 is N × hidden × 4 bytes).

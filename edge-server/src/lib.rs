@@ -69,6 +69,10 @@ pub async fn run(
     tracing::info!(%addr, "edge server listening");
     let stop = token.clone();
     let server = tonic::transport::Server::builder()
+        // Finds UEs that vanished without a reset (a radio link that just stops), so their
+        // sessions detach and can expire.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(edge)

@@ -373,7 +373,9 @@ impl State {
         let stale: Vec<SessionId> = self
             .sessions
             .iter()
-            .filter(|(_, s)| now.duration_since(s.last_active) > idle)
+            // Only sessions whose stream broke: an attached session lives as long as its stream
+            // (a dead connection is found by HTTP/2 keepalive and detaches it).
+            .filter(|(_, s)| !s.attached && now.duration_since(s.last_active) > idle)
             .map(|(id, _)| id.clone())
             .collect();
         for id in stale {

@@ -161,22 +161,97 @@ async fn oversized_messages_and_expired_sessions_are_refused() {
             Code::ResourceExhausted, "exceeds the edge's limit of 1048576 bytes").await;
     }
 
-    // A stream that breaks mid-prefill leaves its session for a resume, until it idles out.
+    // A stream whose link is cut mid-prefill leaves its session for a resume, until it idles out.
+    let (link_url, cut) = cuttable_link(&bed.edge_url).await;
     let (tx, rx) = mpsc::channel(4);
     tx.send(open(10, 4)).await.unwrap();
-    let mut c = client(&bed.edge_url).await;
-    let mut inbound = c.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut inbound = client(&link_url).await.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
     let id = match inbound.message().await.unwrap().unwrap().kind {
         Some(pb::edge_message::Kind::Opened(o)) => o.session_id,
         other => panic!("expected opened, got {other:?}"),
     };
     tx.send(activation(0, 10, rows(2, HIDDEN))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // Cancel the RPC with the request side still open, as a lost link does (a clean half-close
-    // first would be an orderly end, and mid-prefill an error).
-    drop(inbound);
+    cut.abort();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_refused(&bed.edge_url, vec![resume(&id)], false, Code::NotFound, &format!("session {id} expired")).await;
     drop(tx);
     bed.shutdown().await;
+}
+
+/// Reads the next message, which must be a token; returns its id.
+async fn next_token(inbound: &mut tonic::Streaming<pb::EdgeMessage>) -> u32 {
+    match inbound.message().await.unwrap().unwrap().kind {
+        Some(pb::edge_message::Kind::Token(t)) => t.id,
+        other => panic!("expected a token, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_resumes_where_it_stopped() {
+    let bed = Testbed::start().await;
+    let step = |pos: u64, n: usize| {
+        // Distinct, finite rows so every step changes the state.
+        let data: Vec<u8> = (0..n * HIDDEN).flat_map(|i| (((i as u64 + pos * 7) % 13) as f32 * 0.1).to_le_bytes()).collect();
+        activation(pos, 10, tensor(&[1, n as u64, HIDDEN as u64], data))
+    };
+    let start = |msgs: Vec<pb::UeMessage>| {
+        let url = bed.edge_url.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(8);
+            for m in msgs {
+                tx.send(m).await.unwrap();
+            }
+            let inbound = client(&url).await.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
+            (tx, inbound)
+        }
+    };
+    // Uninterrupted: prefill of 4 rows, then two decode steps.
+    let (_keep, mut whole) = start(vec![open(10, 4), step(0, 4), step(4, 1), step(5, 1)]).await;
+    whole.message().await.unwrap().unwrap();
+    let want = [next_token(&mut whole).await, next_token(&mut whole).await, next_token(&mut whole).await];
+
+    // Broken after the first decode step (the TCP link under the stream is cut), then resumed on
+    // a new stream.
+    let (link_url, cut) = cuttable_link(&bed.edge_url).await;
+    let (tx, rx) = mpsc::channel(8);
+    for m in [open(10, 4), step(0, 4), step(4, 1)] {
+        tx.send(m).await.unwrap();
+    }
+    let mut first = client(&link_url).await.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let id = match first.message().await.unwrap().unwrap().kind {
+        Some(pb::edge_message::Kind::Opened(o)) => o.session_id,
+        other => panic!("expected opened, got {other:?}"),
+    };
+    let got0 = next_token(&mut first).await;
+    let got1 = next_token(&mut first).await;
+    cut.abort();
+    assert!(first.message().await.is_err(), "the UE side must see the link go down");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_tx2, mut second) = start(vec![resume(&id), step(5, 1)]).await;
+    match second.message().await.unwrap().unwrap().kind {
+        Some(pb::edge_message::Kind::Opened(o)) => {
+            assert_eq!(o.session_id, id);
+            assert_eq!(o.position, 5, "the resumed session continues at position 5");
+        }
+        other => panic!("expected opened, got {other:?}"),
+    }
+    let got2 = next_token(&mut second).await;
+    assert_eq!([got0, got1, got2], want);
+    drop(tx);
+    bed.shutdown().await;
+}
+
+/// A TCP forwarder to `url`'s host:port that can be cut, as a radio link can: returns its URL and
+/// the task to abort. Aborting drops both sockets, so each end sees the connection reset.
+async fn cuttable_link(url: &str) -> (String, tokio::task::JoinHandle<()>) {
+    let target = url.trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut inbound, _) = listener.accept().await.unwrap();
+        let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    });
+    (format!("http://{addr}"), task)
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The main demo: edge server, channel emulator and UE as three processes on this machine, talking
+# gRPC over loopback, on the default model (fetched on first use). Prints the generated text and
+# the UE's per-token timing breakdown.
+#
+#   scripts/demo.sh [PROMPT] [-- extra ue-client flags, e.g. --split 5 --wire-dtype f16 -n 64]
+#
+# Ports: EDGE_PORT (default 50051) and EMU_PORT (50052) on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+prompt="${1:-The capital of France is}"
+shift || true
+[ "${1:-}" = "--" ] && shift
+edge_port="${EDGE_PORT:-50051}"
+emu_port="${EMU_PORT:-50052}"
+bin="${CARGO_TARGET_DIR:-target}/release"
+
+echo "demo: building (the first build compiles candle: several minutes)..." >&2
+cargo build --release -q -p edge-server -p channel-emulator -p ue-client -p splitinfer
+model=$("$bin/splitinfer" fetch-assets --no-corpus | awk '/^model /{print $3}')
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 150); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  echo "demo: nothing listens on 127.0.0.1:$1; see the log above" >&2
+  exit 1
+}
+
+RUST_LOG="${RUST_LOG:-warn}" "$bin/edge-server" --listen "127.0.0.1:$edge_port" --model "$model" &
+pids+=($!)
+RUST_LOG="${RUST_LOG:-warn}" "$bin/channel-emulator" --listen "127.0.0.1:$emu_port" --edge "http://127.0.0.1:$edge_port" &
+pids+=($!)
+wait_port "$edge_port"
+wait_port "$emu_port"
+echo "demo: edge on :$edge_port, channel emulator on :$emu_port; UE splits at layer ${UE_SPLIT:-15} of 30" >&2
+RUST_LOG="${RUST_LOG:-warn}" "$bin/ue-client" --edge "http://127.0.0.1:$emu_port" --model "$model" --prompt "$prompt" "$@"
