@@ -15,8 +15,8 @@ for variant in "baseline:x86-64" "portable-v3:x86-64-v3" "native:native"; do
   CARGO_TARGET_DIR="$out_dir/$name" RUSTFLAGS="$flags" cargo build --release -q -p splitinfer >&2
   bin="$out_dir/$name/release/splitinfer"
   ppl_json=$("$bin" ppl --max-tokens 1024 --window 512 --stride 512 --json 2>/dev/null)
-  prefill=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1])["report"]; print(f"{1024/r["seconds"]:.0f}")' "$ppl_json")
+  prefill=$(python3 -c 'import json,sys; r=json.loads(sys.argv[1])["report"]; print("%.0f" % (1024 / r["seconds"]))' "$ppl_json")
   gen_json=$("$bin" generate -p "$prompt" -n 64 --json 2>/dev/null)
-  decode=$(python3 -c 'import json,sys; print(f"{json.loads(sys.argv[1])["decode_tokens_per_s"]:.1f}")' "$gen_json")
+  decode=$(python3 -c 'import json,sys; print("%.1f" % json.loads(sys.argv[1])["decode_tokens_per_s"])' "$gen_json")
   echo "| $name | \`$flags\` | $prefill | $decode |"
 done

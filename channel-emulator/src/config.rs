@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use split_core::channel::args::ChannelArgs;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "channel-emulator",
@@ -18,12 +20,23 @@ pub struct EmulatorConfig {
     /// Largest gRPC message accepted or sent, both sides.
     #[arg(long, env = "EMU_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
+    /// Apply the channel described by the flags below to every activation; without it the
+    /// emulator is a pure pass-through that changes no byte and adds no delay.
+    #[arg(long, env = "EMU_CHANNEL")]
+    pub channel: bool,
+    #[command(flatten)]
+    pub channel_args: ChannelArgs,
     #[arg(long, env = "EMU_LOG_JSON")]
     pub log_json: bool,
 }
 
 impl EmulatorConfig {
+    /// A pass-through emulator on 127.0.0.1:0 in front of `edge`, for tests and embedding.
     pub fn new(edge: impl Into<String>) -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 0)), edge: edge.into(), max_message_bytes: 64 << 20, log_json: false }
+        use clap::Parser;
+        let edge = edge.into();
+        let mut c = Self::parse_from(["channel-emulator", "--listen", "127.0.0.1:0", "--edge", edge.as_str()]);
+        c.log_json = false;
+        c
     }
 }

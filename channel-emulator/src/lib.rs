@@ -4,7 +4,8 @@
 //! - [`service`]: serves the edge's API, opens a stream to the real edge per session and relays
 //!   both ways, including the edge's final status.
 //! - [`link`]: what happens to each activation in flight; the proxy decodes it into a tensor and
-//!   passes it to the uplink. Only the clean link exists so far: it changes no byte.
+//!   passes it to the uplink: the clean link changes no byte; with `--channel` the shared channel
+//!   models (fading, noise, loss, erasure, air time) act on it, seeded per session.
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.
 
 pub mod config;
@@ -41,7 +42,15 @@ pub async fn run(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let proxy = EdgeServer::new(Proxy { upstream, shutdown: token.clone() })
+    let channel = if config.channel { Some(config.channel_args.to_config()?) } else { None };
+    tracing::info!(channel = ?channel, seed = config.channel_args.channel_seed, "link");
+    let proxy = EdgeServer::new(Proxy {
+        upstream,
+        shutdown: token.clone(),
+        channel,
+        seed: config.channel_args.channel_seed,
+        sessions: std::sync::atomic::AtomicU64::new(0),
+    })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     tracing::info!(addr = %listener.local_addr()?, edge = %config.edge, "channel emulator listening");

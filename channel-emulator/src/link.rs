@@ -1,50 +1,102 @@
 //! What the link does to a message in flight. The proxy decodes every activation into a tensor
-//! and hands it to the uplink; the channel models (fading, noise, loss, air time) implement
-//! [`Uplink`] and are chained here. Today only the clean link exists.
+//! and hands it to the uplink: [`Clean`] forwards it untouched, [`Impaired`] runs the shared
+//! channel models (`split_core::channel`) on it and says how long its air time is.
 
+use std::time::Duration;
+
+use split_core::channel::{Channel, Transmission};
 use split_core::wire::WireTensor;
 use splitinfer_proto::v1 as pb;
 
 /// Counters of what crossed the link.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct LinkStats {
     pub activations: u64,
     pub rows: u64,
     pub bytes: u64,
     /// Activations whose tensor did not decode; forwarded untouched for the edge to refuse.
     pub undecodable: u64,
+    pub packets: u64,
+    pub lost_packets: u64,
+    pub retransmissions: u64,
+    pub airtime: Duration,
+}
+
+impl LinkStats {
+    fn add(&mut self, t: &Transmission) {
+        self.packets += t.packets as u64;
+        self.lost_packets += t.lost_packets as u64;
+        self.retransmissions += t.retransmissions;
+        self.airtime += t.airtime;
+    }
 }
 
 /// Acts on the hidden state the UE sends.
 pub trait Uplink: Send {
-    /// May change `activation` in place. `tensor` is its decoded hidden state.
-    fn transmit(&mut self, activation: &mut pb::Activation, tensor: &WireTensor);
+    /// May change `activation` in place (`tensor` is its decoded hidden state); returns what the
+    /// transmission did, including its air time, which the proxy waits before forwarding.
+    fn transmit(&mut self, activation: &mut pb::Activation, tensor: &WireTensor) -> Transmission;
 }
 
-/// A clean link: forwards the bytes unchanged.
+/// A clean link: forwards the bytes unchanged, at once.
 #[derive(Debug, Default)]
 pub struct Clean;
 
 impl Uplink for Clean {
-    fn transmit(&mut self, _: &mut pb::Activation, _: &WireTensor) {}
+    fn transmit(&mut self, _: &mut pb::Activation, _: &WireTensor) -> Transmission {
+        Transmission::default()
+    }
 }
 
-/// Decodes and accounts an activation, then lets `link` act on it.
-pub fn on_activation(link: &mut dyn Uplink, stats: &mut LinkStats, activation: &mut pb::Activation) {
+/// The channel models on the live stream.
+#[derive(Debug)]
+pub struct Impaired {
+    pub channel: Channel,
+}
+
+impl Uplink for Impaired {
+    fn transmit(&mut self, activation: &mut pb::Activation, tensor: &WireTensor) -> Transmission {
+        if self.channel.config().is_clean() {
+            // Only air time: the bytes go through untouched.
+            let mut none = Vec::new();
+            let mut t = self.channel.transmit(&mut none, tensor.dtype().size());
+            let bits = (tensor.data().len() * 8) as f64;
+            t.airtime += Duration::from_secs_f64(self.channel.config().link.serialization_s(bits, 10f64.powf(self.channel.config().snr_db / 10.0)));
+            return t;
+        }
+        match self.channel.transmit_wire(tensor) {
+            Ok((out, t)) => {
+                activation.hidden = Some(out.into());
+                activation.erasure_mask = t.erasure_mask.clone().into();
+                t
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "channel could not re-encode the activation; forwarding untouched");
+                Transmission::default()
+            }
+        }
+    }
+}
+
+/// Decodes and accounts an activation, then lets `link` act on it; returns the delay to apply.
+pub fn on_activation(link: &mut dyn Uplink, stats: &mut LinkStats, activation: &mut pb::Activation) -> Duration {
     stats.activations += 1;
     let Some(tensor) = activation.hidden.clone() else {
         stats.undecodable += 1;
-        return;
+        return Duration::ZERO;
     };
     stats.bytes += tensor.data.len() as u64;
     match WireTensor::try_from(tensor) {
         Ok(t) => {
             stats.rows += t.shape().get(1).copied().unwrap_or(0) as u64;
-            link.transmit(activation, &t);
+            let tx = link.transmit(activation, &t);
+            stats.add(&tx);
+            tx.airtime
         }
         Err(e) => {
             stats.undecodable += 1;
             tracing::debug!(error = %e, "activation does not decode; forwarding untouched");
+            Duration::ZERO
         }
     }
 }

@@ -11,11 +11,16 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::link::{self, Clean, LinkStats};
+use crate::link::{self, Clean, Impaired, LinkStats, Uplink};
 
 pub struct Proxy {
     pub(crate) upstream: EdgeClient<Channel>,
     pub(crate) shutdown: CancellationToken,
+    /// The channel every session gets, if impairments are on.
+    pub(crate) channel: Option<split_core::channel::ChannelConfig>,
+    pub(crate) seed: u64,
+    /// Sessions so far: session n draws from seed + n, so a run replays exactly.
+    pub(crate) sessions: std::sync::atomic::AtomicU64,
 }
 
 type Reply = Result<pb::EdgeMessage, Status>;
@@ -31,7 +36,14 @@ impl Edge for Proxy {
         let (to_ue, ue_rx) = mpsc::channel::<Reply>(16);
         let mut upstream = self.upstream.clone();
         let shutdown = self.shutdown.clone();
-        let span = tracing::info_span!("relay", %peer);
+        let n = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut link: Box<dyn Uplink> = match &self.channel {
+            Some(c) => Box::new(Impaired {
+                channel: split_core::channel::Channel::new(c.clone(), self.seed.wrapping_add(n)).map_err(|e| Status::internal(e.to_string()))?,
+            }),
+            None => Box::new(Clean),
+        };
+        let span = tracing::info_span!("relay", %peer, session = n);
 
         tokio::spawn(
             async move {
@@ -39,13 +51,15 @@ impl Edge for Proxy {
                 let uplink = {
                     let to_ue = to_ue.clone();
                     async move {
-                        let mut link = Clean;
                         let mut stats = LinkStats::default();
                         loop {
                             match from_ue.message().await {
                                 Ok(Some(mut msg)) => {
                                     if let Some(pb::ue_message::Kind::Activation(a)) = msg.kind.as_mut() {
-                                        link::on_activation(&mut link, &mut stats, a);
+                                        let delay = link::on_activation(link.as_mut(), &mut stats, a);
+                                        if !delay.is_zero() {
+                                            tokio::time::sleep(delay).await;
+                                        }
                                     }
                                     if to_edge.send(msg).await.is_err() {
                                         break;
@@ -60,7 +74,15 @@ impl Edge for Proxy {
                                 }
                             }
                         }
-                        tracing::debug!(activations = stats.activations, bytes = stats.bytes, "uplink closed");
+                        tracing::info!(
+                            activations = stats.activations,
+                            bytes = stats.bytes,
+                            packets = stats.packets,
+                            lost_packets = stats.lost_packets,
+                            retransmissions = stats.retransmissions,
+                            airtime_ms = stats.airtime.as_secs_f64() * 1e3,
+                            "uplink closed"
+                        );
                     }
                 };
                 tokio::spawn(uplink.in_current_span());

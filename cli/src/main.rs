@@ -9,7 +9,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use split_core::assets::{self, ModelAsset};
-use split_core::boundary::CleanWire;
+use split_core::boundary::{Boundary, CleanWire};
+use split_core::channel::args::ChannelArgs;
+use split_core::channel::{Channel, ChannelBoundary};
 use split_core::model::SplitModel;
 use split_core::perplexity::{PplConfig, perplexity};
 use split_core::pipeline::{Forward, InProcessSplit, Monolithic, generate};
@@ -120,6 +122,15 @@ struct PplArgs {
     /// Score only the first N tokens of the text (0 = all).
     #[arg(long, default_value_t = 0, env = "SPLITINFER_PPL_MAX_TOKENS")]
     max_tokens: usize,
+    /// Apply the channel below (the emulator's models and flags) to the hidden state at the split.
+    #[arg(long, env = "SPLITINFER_CHANNEL", requires = "split")]
+    channel: bool,
+    /// With --channel: evaluate this many times with seeds --channel-seed, +1, ...; report mean
+    /// and spread.
+    #[arg(long, default_value_t = 1, env = "SPLITINFER_PPL_REPEATS")]
+    repeats: usize,
+    #[command(flatten)]
+    channel_args: ChannelArgs,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
@@ -280,17 +291,45 @@ fn run_ppl(args: PplArgs) -> Result<()> {
     }
     let cfg = PplConfig { window: args.window, stride: args.stride };
     let split = model.split_point(args.split.split.unwrap_or(model.n_layers()))?;
-    let mut boundary = CleanWire { dtype: args.split.wire_dtype };
-    let started = Instant::now();
-    let mut last_report = Instant::now();
-    let report = perplexity(&model, &tokens, cfg, split, &mut boundary, &mut |done, total| {
-        if last_report.elapsed().as_secs() >= 5 || done == total {
-            let elapsed = started.elapsed().as_secs_f64();
-            let eta = elapsed / done as f64 * (total - done) as f64;
-            eprintln!("ppl: window {done}/{total}, {elapsed:.0}s elapsed, ~{eta:.0}s left");
-            last_report = Instant::now();
-        }
-    })?;
+    let channel = if args.channel { Some(args.channel_args.to_config()?) } else { None };
+    if args.repeats == 0 {
+        anyhow::bail!("--repeats 0 would evaluate nothing; use at least 1");
+    }
+    let repeats = if channel.is_some() { args.repeats } else { 1 };
+    let mut reports = Vec::with_capacity(repeats);
+    for r in 0..repeats {
+        let mut boundary: Box<dyn Boundary> = match &channel {
+            Some(c) => Box::new(ChannelBoundary {
+                channel: Channel::new(c.clone(), args.channel_args.channel_seed + r as u64)?,
+                dtype: args.split.wire_dtype,
+                last: Default::default(),
+            }),
+            None => Box::new(CleanWire { dtype: args.split.wire_dtype }),
+        };
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let report = perplexity(&model, &tokens, cfg, split, boundary.as_mut(), &mut |done, total| {
+            if last_report.elapsed().as_secs() >= 5 || done == total {
+                let elapsed = started.elapsed().as_secs_f64();
+                let eta = elapsed / done as f64 * (total - done) as f64;
+                eprintln!("ppl: run {}/{repeats}, window {done}/{total}, {elapsed:.0}s elapsed, ~{eta:.0}s left", r + 1);
+                last_report = Instant::now();
+            }
+        })?;
+        reports.push(report);
+    }
+    let ppls: Vec<f64> = reports.iter().map(|r| r.ppl).collect();
+    let mean = ppls.iter().sum::<f64>() / ppls.len() as f64;
+    let std = if ppls.len() > 1 {
+        (ppls.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (ppls.len() - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
+    let report = &reports[0];
+    let where_ = match args.split.split {
+        Some(k) => format!("split k={k}, wire {}", args.split.wire_dtype),
+        None => "unsplit".into(),
+    };
     if args.json {
         let json = serde_json::json!({
             "text": text_path,
@@ -300,22 +339,34 @@ fn run_ppl(args: PplArgs) -> Result<()> {
             "stride": cfg.stride,
             "split": args.split.split,
             "wire_dtype": args.split.wire_dtype.to_string(),
+            "channel": channel,
+            "channel_seed": args.channel_args.channel_seed,
+            "ppl_mean": mean,
+            "ppl_std": std,
+            "ppl_runs": ppls,
             "report": report,
         });
         println!("{json}");
+    } else if channel.is_some() {
+        println!(
+            "ppl {mean:.4} ± {std:.4} (mean ± sd over {repeats} channel seeds from {}; min {:.4}, max {:.4}) over {} scored tokens of {}; window {} stride {}; {where_}",
+            args.channel_args.channel_seed,
+            ppls.iter().copied().fold(f64::INFINITY, f64::min),
+            ppls.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            report.scored_tokens,
+            text_path.display(),
+            cfg.window,
+            cfg.stride,
+        );
     } else {
         println!(
-            "ppl {:.4} (mean nll {:.5}) over {} scored tokens of {}; window {} stride {}; {}; {:.1}s",
+            "ppl {:.4} (mean nll {:.5}) over {} scored tokens of {}; window {} stride {}; {where_}; {:.1}s",
             report.ppl,
             report.mean_nll,
             report.scored_tokens,
             text_path.display(),
             cfg.window,
             cfg.stride,
-            match args.split.split {
-                Some(k) => format!("split k={k}, wire {}", args.split.wire_dtype),
-                None => "unsplit".into(),
-            },
             report.seconds
         );
     }

@@ -162,3 +162,34 @@ fn help_documents_every_flag_with_its_environment_variable() {
         assert!(help.contains(needle), "ppl --help lacks {needle}:\n{help}");
     }
 }
+
+#[test]
+fn ppl_with_a_channel_is_seeded_and_reports_its_spread() {
+    let text = default_eval_text();
+    let t = text.to_str().unwrap();
+    let args = ["ppl", "--text", t, "--max-tokens", "300", "--window", "150", "--stride", "75", "--json", "--split", "4", "--channel", "--preset", "bad", "--repeats", "2"];
+    let a = json(&splitinfer(&args));
+    let b = json(&splitinfer(&args));
+    assert_eq!(a["ppl_runs"], b["ppl_runs"], "same seeds, same figures");
+    let runs: Vec<f64> = a["ppl_runs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert_eq!(runs.len(), 2);
+    assert_ne!(runs[0], runs[1], "different seeds should draw different channels");
+    assert!(a["ppl_std"].as_f64().unwrap() > 0.0);
+    let other: Vec<&str> = args.iter().copied().chain(["--channel-seed", "9"]).collect();
+    assert_ne!(json(&splitinfer(&other))["ppl_runs"], a["ppl_runs"]);
+}
+
+#[test]
+fn bad_channel_configuration_is_refused_at_start() {
+    let text = default_eval_text();
+    let t = text.to_str().unwrap();
+    let base = ["ppl", "--text", t, "--max-tokens", "50", "--split", "4", "--channel"];
+    let with = |extra: &[&str]| splitinfer(&base.iter().copied().chain(extra.iter().copied()).collect::<Vec<_>>());
+    assert_fails_with(&with(&["--fading-m", "0.3"]), "Nakagami m 0.3 must be a finite number >= 0.5");
+    assert_fails_with(&with(&["--erasure-p", "1.2"]), "erasure probability 1.2 is outside [0, 1]");
+    assert_fails_with(&with(&["--link-bandwidth-hz", "-5"]), "link bandwidth_hz -5 must be positive");
+    let o = with(&["--preset", "stormy"]);
+    assert!(!o.status.success() && stderr(&o).contains("invalid value 'stormy'"), "{}", stderr(&o));
+    let o = splitinfer(&["ppl", "--text", t, "--channel"]);
+    assert!(!o.status.success() && stderr(&o).contains("--split"), "a channel needs a split point: {}", stderr(&o));
+}

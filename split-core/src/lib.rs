@@ -8,6 +8,8 @@
 //!   turns the generated `splitinfer.v1` types into these domain types and back.
 //! - [`boundary`]: what happens to the hidden state between the two sides, in process; the
 //!   channel models plug in here.
+//! - [`channel`]: the channel models (Nakagami-m fading, AWGN, outage loss with retransmission,
+//!   element-wise erasure, air time), shared by the emulator and the offline tools.
 //! - [`pipeline`]: monolithic and in-process split execution, and the generation loop.
 //! - [`sampling`]: greedy and seeded temperature / top-k / top-p sampling.
 //! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary.
@@ -19,6 +21,7 @@
 pub mod assets;
 pub mod boundary;
 pub mod bundle;
+pub mod channel;
 pub mod convert;
 pub mod corpus;
 pub mod error;

@@ -77,8 +77,12 @@ impl WireTensor {
 
     /// Encodes an f32 tensor in `dtype`.
     pub fn from_tensor(t: &Tensor, dtype: WireDType) -> Result<Self> {
-        let shape = t.dims().to_vec();
         let values = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Self::from_f32(dtype, t.dims().to_vec(), &values)
+    }
+
+    /// Encodes f32 values of `shape` in `dtype`.
+    pub fn from_f32(dtype: WireDType, shape: Vec<usize>, values: &[f32]) -> Result<Self> {
         let mut data = Vec::with_capacity(values.len() * dtype.size());
         match dtype {
             WireDType::F32 => values.iter().for_each(|v| data.extend_from_slice(&v.to_le_bytes())),

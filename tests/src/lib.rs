@@ -57,6 +57,12 @@ impl Testbed {
     }
 
     pub async fn start_with(edge_config: edge_server::EdgeConfig) -> Self {
+        Self::start_full(edge_config, |_| {}).await
+    }
+
+    /// Like [`Testbed::start_with`], letting `emulator` adjust the emulator's configuration
+    /// (its channel, for instance).
+    pub async fn start_full(edge_config: edge_server::EdgeConfig, emulator: impl FnOnce(&mut channel_emulator::EmulatorConfig)) -> Self {
         let model = shared_model();
         let (edge_stop, edge_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,7 +73,8 @@ impl Testbed {
         let (emu_stop, emu_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let emulator_url = format!("http://{}", listener.local_addr().unwrap());
-        let config = channel_emulator::EmulatorConfig::new(edge_url.clone());
+        let mut config = channel_emulator::EmulatorConfig::new(edge_url.clone());
+        emulator(&mut config);
         let emu = tokio::spawn(channel_emulator::run(listener, config, async move {
             let _ = emu_rx.await;
         }));

@@ -49,6 +49,7 @@ fn activation(position: u64, k: u32, hidden: pb::Tensor) -> pb::UeMessage {
             split: Some(pb::Split { k, epoch: 0 }),
             hidden: Some(hidden),
             ue_compute_us: 0,
+            erasure_mask: Default::default(),
         })),
     }
 }

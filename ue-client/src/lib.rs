@@ -171,6 +171,7 @@ pub async fn generate(
                     split: Some(split),
                     hidden: Some(wire.into()),
                     ue_compute_us: took.as_micros() as u64,
+                    erasure_mask: Default::default(),
                 })),
             };
             step_bytes += msg.encoded_len() as u64;
