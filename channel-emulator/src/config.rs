@@ -20,6 +20,17 @@ pub struct EmulatorConfig {
     /// Largest gRPC message accepted or sent, both sides.
     #[arg(long, env = "EMU_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
+    /// Serve Prometheus text metrics on this address (e.g. 0.0.0.0:9102).
+    #[arg(long, env = "EMU_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Scenario A: alternate between the good (L) and bad (H) presets every this many ms
+    /// (0 = off). Implies --channel. The switch is by wall clock, so which message sees which
+    /// channel depends on timing; the draws within each channel stay seeded.
+    #[arg(long, env = "EMU_ALTERNATE_MS", default_value_t = 0)]
+    pub alternate_ms: u64,
+    /// Messages in the statistics' sliding window.
+    #[arg(long, env = "EMU_STATS_WINDOW", default_value_t = 200)]
+    pub stats_window: usize,
     /// Apply the channel described by the flags below to every activation; without it the
     /// emulator is a pure pass-through that changes no byte and adds no delay.
     #[arg(long, env = "EMU_CHANNEL")]

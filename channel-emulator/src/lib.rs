@@ -6,9 +6,14 @@
 //! - [`link`]: what happens to each activation in flight; the proxy decodes it into a tensor and
 //!   passes it to the uplink: the clean link changes no byte; with `--channel` the shared channel
 //!   models (fading, noise, loss, erasure, air time) act on it, seeded per session.
+//! - [`control`] and [`api`]: the current channel (switchable at run time through the
+//!   `splitinfer.v1.Emulator` service, which also streams statistics for the agent) and the
+//!   Prometheus text endpoint.
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.
 
+pub mod api;
 pub mod config;
+pub mod control;
 pub mod link;
 pub mod service;
 
@@ -17,6 +22,7 @@ use std::future::Future;
 use splitinfer_proto::v1::FILE_DESCRIPTOR_SET;
 use splitinfer_proto::v1::edge_client::EdgeClient;
 use splitinfer_proto::v1::edge_server::EdgeServer;
+use splitinfer_proto::v1::emulator_server::EmulatorServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +33,20 @@ use service::Proxy;
 
 pub async fn run(
     listener: TcpListener,
+    config: EmulatorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    run_with_metrics(listener, metrics, config, shutdown).await
+}
+
+/// [`run`] with an already-bound metrics listener (tests bind 127.0.0.1:0).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
     config: EmulatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -42,12 +62,28 @@ pub async fn run(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let channel = if config.channel { Some(config.channel_args.to_config()?) } else { None };
-    tracing::info!(channel = ?channel, seed = config.channel_args.channel_seed, "link");
+    // The flags are checked even without --channel: SetChannel may turn them on later.
+    let base = config.channel_args.to_config()?;
+    tracing::info!(impaired = config.channel, channel = ?base, seed = config.channel_args.channel_seed, "link");
+    let shared = std::sync::Arc::new(control::Shared::new(
+        base,
+        config.channel || config.alternate_ms > 0,
+        config.channel_args.preset.name(),
+        config.stats_window,
+    ));
+    if config.alternate_ms > 0 {
+        tokio::spawn(control::alternate(shared.clone(), std::time::Duration::from_millis(config.alternate_ms), token.clone()));
+    }
+    if let Some(l) = metrics {
+        tracing::info!(addr = %l.local_addr()?, "metrics listening");
+        tokio::spawn(api::serve_metrics(l, shared.clone(), token.clone()));
+    }
+    let emulator_api = EmulatorServer::new(api::EmulatorApi { shared: shared.clone(), shutdown: token.clone() });
+    health.set_serving::<EmulatorServer<api::EmulatorApi>>().await;
     let proxy = EdgeServer::new(Proxy {
         upstream,
         shutdown: token.clone(),
-        channel,
+        shared,
         seed: config.channel_args.channel_seed,
         sessions: std::sync::atomic::AtomicU64::new(0),
     })
@@ -59,6 +95,7 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(proxy)
+        .add_service(emulator_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             stop.cancel();

@@ -5,6 +5,8 @@
 use std::time::Duration;
 
 use split_core::channel::{Channel, Transmission};
+
+use crate::control::{Record, Shared};
 use split_core::wire::WireTensor;
 use splitinfer_proto::v1 as pb;
 
@@ -78,8 +80,9 @@ impl Uplink for Impaired {
     }
 }
 
-/// Decodes and accounts an activation, then lets `link` act on it; returns the delay to apply.
-pub fn on_activation(link: &mut dyn Uplink, stats: &mut LinkStats, activation: &mut pb::Activation) -> Duration {
+/// Decodes and accounts an activation, then lets `link` act on it and records what happened in
+/// the shared statistics; returns the delay to apply.
+pub fn on_activation(link: &mut dyn Uplink, stats: &mut LinkStats, activation: &mut pb::Activation, shared: &Shared) -> Duration {
     stats.activations += 1;
     let Some(tensor) = activation.hidden.clone() else {
         stats.undecodable += 1;
@@ -89,8 +92,11 @@ pub fn on_activation(link: &mut dyn Uplink, stats: &mut LinkStats, activation: &
     match WireTensor::try_from(tensor) {
         Ok(t) => {
             stats.rows += t.shape().get(1).copied().unwrap_or(0) as u64;
-            let tx = link.transmit(activation, &t);
+            let mut tx = link.transmit(activation, &t);
+            tx.elements = t.shape().iter().product();
             stats.add(&tx);
+            let fading = shared.snapshot().channel.is_some_and(|c| c.fading_m.is_some());
+            shared.record(Record::new(&tx, t.data().len(), fading));
             tx.airtime
         }
         Err(e) => {

@@ -16,8 +16,8 @@ use crate::link::{self, Clean, Impaired, LinkStats, Uplink};
 pub struct Proxy {
     pub(crate) upstream: EdgeClient<Channel>,
     pub(crate) shutdown: CancellationToken,
-    /// The channel every session gets, if impairments are on.
-    pub(crate) channel: Option<split_core::channel::ChannelConfig>,
+    /// The current channel (switchable at run time) and the statistics.
+    pub(crate) shared: std::sync::Arc<crate::control::Shared>,
     pub(crate) seed: u64,
     /// Sessions so far: session n draws from seed + n, so a run replays exactly.
     pub(crate) sessions: std::sync::atomic::AtomicU64,
@@ -37,12 +37,28 @@ impl Edge for Proxy {
         let mut upstream = self.upstream.clone();
         let shutdown = self.shutdown.clone();
         let n = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut link: Box<dyn Uplink> = match &self.channel {
-            Some(c) => Box::new(Impaired {
-                channel: split_core::channel::Channel::new(c.clone(), self.seed.wrapping_add(n)).map_err(|e| Status::internal(e.to_string()))?,
-            }),
-            None => Box::new(Clean),
+        let shared = self.shared.clone();
+        let seed = self.seed;
+        // The link follows the shared channel: rebuilt when its version changes, so a switch
+        // takes effect at the session's next message. Seeds stay a function of (seed, session,
+        // version), so a run replays.
+        let build = move |snap: &crate::control::Snapshot| -> Box<dyn Uplink> {
+            match &snap.channel {
+                Some(c) if !snap.paused => match split_core::channel::Channel::new(
+                    c.clone(),
+                    seed.wrapping_add(n).wrapping_add(snap.version.wrapping_mul(1_000_003)),
+                ) {
+                    Ok(channel) => Box::new(Impaired { channel }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "invalid channel; passing through");
+                        Box::new(Clean)
+                    }
+                },
+                _ => Box::new(Clean),
+            }
         };
+        let mut snap = shared.snapshot();
+        let mut link = build(&snap);
         let span = tracing::info_span!("relay", %peer, session = n);
 
         tokio::spawn(
@@ -56,7 +72,12 @@ impl Edge for Proxy {
                             match from_ue.message().await {
                                 Ok(Some(mut msg)) => {
                                     if let Some(pb::ue_message::Kind::Activation(a)) = msg.kind.as_mut() {
-                                        let delay = link::on_activation(link.as_mut(), &mut stats, a);
+                                        let now = shared.snapshot();
+                                        if now.version != snap.version {
+                                            snap = now;
+                                            link = build(&snap);
+                                        }
+                                        let delay = link::on_activation(link.as_mut(), &mut stats, a, &shared);
                                         if !delay.is_zero() {
                                             tokio::time::sleep(delay).await;
                                         }

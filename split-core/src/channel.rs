@@ -145,6 +145,8 @@ impl ChannelConfig {
 /// What one message went through.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Transmission {
+    /// Elements the message carried.
+    pub elements: usize,
     pub packets: usize,
     pub lost_packets: usize,
     pub retransmissions: u64,
@@ -195,7 +197,7 @@ impl Channel {
     pub fn transmit(&mut self, values: &mut [f32], elem_bytes: usize) -> Transmission {
         let per_packet = (self.config.packet_bytes / elem_bytes.max(1)).max(1);
         let mean_snr = 10f64.powf(self.config.snr_db / 10.0);
-        let mut t = Transmission::default();
+        let mut t = Transmission { elements: values.len(), ..Transmission::default() };
         let mut airtime_s = 0.0;
         for (i, chunk) in values.chunks_mut(per_packet).enumerate() {
             let bits = (chunk.len() * elem_bytes * 8) as f64;

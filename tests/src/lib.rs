@@ -47,6 +47,8 @@ pub fn shared_model() -> Arc<LoadedModel> {
 pub struct Testbed {
     pub edge_url: String,
     pub emulator_url: String,
+    /// host:port of the emulator's Prometheus endpoint.
+    pub emulator_metrics: String,
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -75,10 +77,12 @@ impl Testbed {
         let emulator_url = format!("http://{}", listener.local_addr().unwrap());
         let mut config = channel_emulator::EmulatorConfig::new(edge_url.clone());
         emulator(&mut config);
-        let emu = tokio::spawn(channel_emulator::run(listener, config, async move {
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let emulator_metrics = metrics.local_addr().unwrap().to_string();
+        let emu = tokio::spawn(channel_emulator::run_with_metrics(listener, Some(metrics), config, async move {
             let _ = emu_rx.await;
         }));
-        Self { edge_url, emulator_url, stop: vec![edge_stop, emu_stop], tasks: vec![edge, emu] }
+        Self { edge_url, emulator_url, emulator_metrics, stop: vec![edge_stop, emu_stop], tasks: vec![edge, emu] }
     }
 
     /// Stops both services and re-raises any error or panic they ended with.

@@ -70,11 +70,7 @@ pub struct ChannelArgs {
 
 impl ChannelArgs {
     pub fn to_config(&self) -> Result<ChannelConfig> {
-        let mut c = match self.preset {
-            Preset::Static => ChannelConfig::default(),
-            Preset::Good => preset_config(20.0, 3.0),
-            Preset::Bad => preset_config(5.0, 1.0),
-        };
+        let mut c = preset(self.preset, &ChannelConfig::default());
         if let Some(v) = self.snr_db {
             c.snr_db = v;
         }
@@ -104,6 +100,25 @@ impl ChannelArgs {
         };
         c.validate()?;
         Ok(c)
+    }
+}
+
+/// The channel a preset names; `Static` is `base` (what the flags said).
+pub fn preset(p: Preset, base: &ChannelConfig) -> ChannelConfig {
+    match p {
+        Preset::Static => base.clone(),
+        Preset::Good => preset_config(20.0, 3.0),
+        Preset::Bad => preset_config(5.0, 1.0),
+    }
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Good => "good",
+            Self::Bad => "bad",
+        }
     }
 }
 

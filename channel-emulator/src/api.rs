@@ -1,0 +1,102 @@
+//! The `splitinfer.v1.Emulator` service (statistics for the agent, runtime control) and the
+//! Prometheus text endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use splitinfer_proto::v1 as pb;
+use splitinfer_proto::v1::emulator_server::Emulator;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::control::{Shared, prometheus};
+
+pub struct EmulatorApi {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+#[tonic::async_trait]
+impl Emulator for EmulatorApi {
+    type WatchStatsStream = ReceiverStream<Result<pb::ChannelStats, Status>>;
+
+    async fn watch_stats(&self, request: Request<pb::WatchStatsRequest>) -> Result<Response<Self::WatchStatsStream>, Status> {
+        let period = match request.into_inner().period_ms {
+            0 => Duration::from_millis(500),
+            ms => Duration::from_millis(u64::from(ms).max(10)),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let (shared, shutdown) = (self.shared.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        if tx.send(Ok(shared.stats())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_stats(&self, _: Request<pb::GetStatsRequest>) -> Result<Response<pb::ChannelStats>, Status> {
+        Ok(Response::new(self.shared.stats()))
+    }
+
+    async fn set_channel(&self, request: Request<pb::SetChannelRequest>) -> Result<Response<pb::SetChannelResponse>, Status> {
+        let req = request.into_inner();
+        self.shared.set(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let stats = self.shared.stats();
+        tracing::info!(scenario = %stats.scenario, paused = stats.paused, version = stats.channel_version, "channel changed");
+        Ok(Response::new(pb::SetChannelResponse { stats: Some(stats) }))
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) as Prometheus text until shutdown.
+pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let (mut socket, _) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // Read the request head (we answer every request the same way).
+            let mut buf = vec![0u8; 4096];
+            let mut got = 0;
+            while got < buf.len() {
+                match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf[got..])).await {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => {
+                        got += n;
+                        if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let body = prometheus(&shared.stats());
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = socket.write_all(head.as_bytes()).await;
+            let _ = socket.write_all(body.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        });
+    }
+}

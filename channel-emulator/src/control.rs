@@ -1,0 +1,257 @@
+//! The emulator's shared state: the current channel (switchable at run time), pause, and the
+//! statistics of what the link did, over a sliding window of messages and in total.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use split_core::channel::args::{parse_preset, preset};
+use split_core::channel::{ChannelConfig, Transmission};
+use split_core::error::Result;
+use splitinfer_proto::v1 as pb;
+
+/// What one relayed activation went through.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Record {
+    pub packets: u64,
+    pub lost: u64,
+    pub retransmissions: u64,
+    pub elements: u64,
+    pub erased: u64,
+    pub bytes: u64,
+    pub signal_energy: f64,
+    pub noise_energy: f64,
+    pub gain_n: u64,
+    pub gain_sum: f64,
+    pub gain_sq_sum: f64,
+    pub delay: Duration,
+}
+
+impl Record {
+    pub fn new(t: &Transmission, bytes: usize, gains: bool) -> Self {
+        Self {
+            packets: t.packets as u64,
+            lost: t.lost_packets as u64,
+            retransmissions: t.retransmissions,
+            elements: t.elements as u64,
+            erased: t.erased_elements as u64,
+            bytes: bytes as u64,
+            signal_energy: t.signal_energy,
+            noise_energy: t.noise_energy,
+            gain_n: if gains { (t.packets - t.lost_packets) as u64 } else { 0 },
+            gain_sum: t.gain_sum,
+            gain_sq_sum: t.gain_sq_sum,
+            delay: t.airtime,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Sums {
+    messages: u64,
+    r: Record,
+    max_delay: Duration,
+}
+
+impl Sums {
+    fn add(&mut self, r: &Record) {
+        self.messages += 1;
+        let s = &mut self.r;
+        s.packets += r.packets;
+        s.lost += r.lost;
+        s.retransmissions += r.retransmissions;
+        s.elements += r.elements;
+        s.erased += r.erased;
+        s.bytes += r.bytes;
+        s.signal_energy += r.signal_energy;
+        s.noise_energy += r.noise_energy;
+        s.gain_n += r.gain_n;
+        s.gain_sum += r.gain_sum;
+        s.gain_sq_sum += r.gain_sq_sum;
+        s.delay += r.delay;
+        self.max_delay = self.max_delay.max(r.delay);
+    }
+
+    fn to_proto(&self) -> pb::LinkWindow {
+        let s = &self.r;
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        let mean_gain = ratio(s.gain_sum, s.gain_n as f64);
+        let var_gain = ratio(s.gain_sq_sum, s.gain_n as f64) - mean_gain * mean_gain;
+        pb::LinkWindow {
+            messages: self.messages,
+            packets: s.packets,
+            lost_packets: s.lost,
+            retransmissions: s.retransmissions,
+            elements: s.elements,
+            erased_elements: s.erased,
+            bytes: s.bytes,
+            realized_snr_db: if s.noise_energy > 0.0 { 10.0 * (s.signal_energy / s.noise_energy).log10() } else { f64::NAN },
+            mean_gain,
+            m_hat: if var_gain > 0.0 { mean_gain * mean_gain / var_gain } else { f64::NAN },
+            loss_rate: ratio(s.lost as f64, s.packets as f64),
+            erasure_rate: ratio(s.erased as f64, s.elements as f64),
+            mean_delay_ms: ratio(s.delay.as_secs_f64() * 1e3, self.messages as f64),
+            max_delay_ms: self.max_delay.as_secs_f64() * 1e3,
+        }
+    }
+}
+
+struct State {
+    /// The channel the flags described (`static`).
+    base: ChannelConfig,
+    /// The channel sessions use; `None` is the pure pass-through.
+    current: Option<ChannelConfig>,
+    scenario: String,
+    paused: bool,
+    version: u64,
+    window: VecDeque<Record>,
+    total: Sums,
+}
+
+pub struct Shared {
+    state: Mutex<State>,
+    window_messages: usize,
+}
+
+/// The channel a session should use now.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub version: u64,
+    pub channel: Option<ChannelConfig>,
+    pub paused: bool,
+}
+
+impl Shared {
+    pub fn new(base: ChannelConfig, impaired: bool, preset_name: &str, window_messages: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                current: impaired.then(|| base.clone()),
+                base,
+                scenario: preset_name.to_string(),
+                paused: false,
+                version: 0,
+                window: VecDeque::new(),
+                total: Sums::default(),
+            }),
+            window_messages: window_messages.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock leaves plain counters behind; keep serving them.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let s = self.lock();
+        Snapshot { version: s.version, channel: s.current.clone(), paused: s.paused }
+    }
+
+    pub fn record(&self, r: Record) {
+        let mut s = self.lock();
+        s.total.add(&r);
+        s.window.push_back(r);
+        while s.window.len() > self.window_messages {
+            s.window.pop_front();
+        }
+    }
+
+    pub fn stats(&self) -> pb::ChannelStats {
+        let s = self.lock();
+        let mut window = Sums::default();
+        s.window.iter().for_each(|r| window.add(r));
+        pb::ChannelStats {
+            unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            scenario: s.scenario.clone(),
+            impaired: s.current.is_some(),
+            paused: s.paused,
+            snr_db: s.current.as_ref().map_or(f64::NAN, |c| c.snr_db),
+            fading_m: s.current.as_ref().and_then(|c| c.fading_m).unwrap_or(0.0),
+            window: Some(window.to_proto()),
+            total: Some(s.total.to_proto()),
+            window_messages: self.window_messages as u32,
+            channel_version: s.version,
+        }
+    }
+
+    /// Applies a control request; nothing changes if any part of it is invalid.
+    pub fn set(&self, req: &pb::SetChannelRequest) -> Result<()> {
+        let mut s = self.lock();
+        let mut next = s.current.clone().unwrap_or_else(|| s.base.clone());
+        let mut scenario = s.scenario.clone();
+        if !req.preset.is_empty() {
+            let p = parse_preset(&req.preset)?;
+            next = preset(p, &s.base);
+            scenario = p.name().to_string();
+        }
+        let custom = req.snr_db.is_some() || req.fading_m.is_some() || req.erasure_p.is_some() || req.noise.is_some();
+        if let Some(v) = req.snr_db {
+            next.snr_db = v;
+        }
+        if let Some(m) = req.fading_m {
+            next.fading_m = (m != 0.0).then_some(m);
+        }
+        if let Some(p) = req.erasure_p {
+            next.erasure_p = (p != 0.0).then_some(p);
+        }
+        if let Some(n) = req.noise {
+            next.noise = n;
+        }
+        next.validate()?;
+        if custom {
+            scenario = format!("{scenario}+custom");
+        }
+        if let Some(p) = req.paused {
+            s.paused = p;
+        }
+        if !req.preset.is_empty() || custom {
+            s.current = Some(next);
+            s.scenario = scenario;
+        }
+        s.version += 1;
+        Ok(())
+    }
+}
+
+/// Scenario A: switch between the good and bad presets every `period` until shutdown.
+pub async fn alternate(shared: std::sync::Arc<Shared>, period: Duration, shutdown: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    for preset in ["good", "bad"].iter().cycle() {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let req = pb::SetChannelRequest { preset: (*preset).into(), ..Default::default() };
+        if let Err(e) = shared.set(&req) {
+            tracing::error!(error = %e, "alternating scenario stopped");
+            return;
+        }
+        tracing::info!(scenario = preset, "alternating channel");
+    }
+}
+
+/// Prometheus text exposition of the current statistics.
+pub fn prometheus(stats: &pb::ChannelStats) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+        out.push_str(&format!("# HELP splitinfer_emulator_{name} {help}\n# TYPE splitinfer_emulator_{name} {kind}\nsplitinfer_emulator_{name} {value}\n"));
+    };
+    let t = stats.total.clone().unwrap_or_default();
+    let w = stats.window.clone().unwrap_or_default();
+    metric("messages_total", "counter", "Activations relayed UE to edge.", t.messages as f64);
+    metric("packets_total", "counter", "Packets the activations were cut into.", t.packets as f64);
+    metric("lost_packets_total", "counter", "Packets lost after all retransmissions (zero-filled).", t.lost_packets as f64);
+    metric("retransmissions_total", "counter", "Packet retransmissions.", t.retransmissions as f64);
+    metric("erased_elements_total", "counter", "Tensor elements zeroed (lost packets and element erasure).", t.erased_elements as f64);
+    metric("bytes_total", "counter", "Tensor bytes relayed UE to edge.", t.bytes as f64);
+    metric("window_realized_snr_db", "gauge", "Realized SNR of the analog noise over the window.", w.realized_snr_db);
+    metric("window_m_hat", "gauge", "Estimated Nakagami m of the power gains over the window.", w.m_hat);
+    metric("window_loss_rate", "gauge", "Packet loss rate over the window.", w.loss_rate);
+    metric("window_erasure_rate", "gauge", "Element erasure rate over the window.", w.erasure_rate);
+    metric("window_mean_delay_ms", "gauge", "Mean air time plus propagation per message over the window.", w.mean_delay_ms);
+    metric("channel_snr_db", "gauge", "Configured mean SNR.", stats.snr_db);
+    metric("channel_version", "gauge", "Channel changes through the control API.", stats.channel_version as f64);
+    metric("paused", "gauge", "1 while impairments are paused.", f64::from(u8::from(stats.paused)));
+    out
+}
+
