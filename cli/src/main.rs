@@ -1,6 +1,8 @@
 //! `splitinfer`: the researcher's command line. Fetch the assets, generate text and measure
 //! perplexity with the model whole or split at layer `k`, all in one process.
 
+mod figure;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +49,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Perplexity of the model on a text file, whole or split at layer K.
     Ppl(PplArgs),
+    /// The analogue of the paper's Figure 3: perplexity against the split layer under several
+    /// SNRs and erasure rates, evaluated into a resumable CSV and drawn as a PNG.
+    Figure3(Figure3Args),
     /// Print what a GGUF model file holds: architecture, layers, sizes, tokenizer.
     Info {
         #[command(flatten)]
@@ -136,6 +141,43 @@ struct PplArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct Figure3Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Plain-text file to score. Default: the Brown news files ca01-ca44.
+    #[arg(long, env = "SPLITINFER_TEXT")]
+    text: Option<PathBuf>,
+    /// The PNG to write.
+    #[arg(long, default_value = "docs/figure3.png")]
+    out: PathBuf,
+    /// The profile CSV: rows already there are not evaluated again.
+    #[arg(long, default_value = "docs/figure3.csv")]
+    csv: PathBuf,
+    /// Split points (default: 0, 1, 3, then every 3 layers, and L-1).
+    #[arg(long, value_delimiter = ',')]
+    ks: Vec<usize>,
+    /// Mean SNRs (dB) of the analog-noise panel.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 10.0, 20.0], allow_negative_numbers = true)]
+    snr_dbs: Vec<f64>,
+    /// Erasure probabilities of the reference-mode panel.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 0.3])]
+    erasure_ps: Vec<f64>,
+    /// Channel seeds per point (perplexity is averaged over them).
+    #[arg(long, default_value_t = 2)]
+    seeds: u64,
+    /// Tokens of the text to score per evaluation.
+    #[arg(long, default_value_t = 1024)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    #[arg(long, default_value_t = 256)]
+    stride: usize,
+    /// TrueType font for the labels (default: DejaVu Sans from fonts-dejavu-core).
+    #[arg(long, env = "SPLITINFER_FONT")]
+    font: Option<PathBuf>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     split_core::telemetry::init(cli.log_json);
@@ -153,6 +195,7 @@ fn run(command: Command) -> Result<()> {
         Command::FetchAssets { model, no_corpus } => fetch_assets(&model, no_corpus),
         Command::Generate(args) => run_generate(args),
         Command::Ppl(args) => run_ppl(args),
+        Command::Figure3(args) => run_figure3(args),
         Command::Info { model } => run_info(&model),
     }
 }
@@ -370,6 +413,75 @@ fn run_ppl(args: PplArgs) -> Result<()> {
             report.seconds
         );
     }
+    Ok(())
+}
+
+fn run_figure3(args: Figure3Args) -> Result<()> {
+    figure::load_font(args.font.as_deref())?;
+    for p in &args.erasure_ps {
+        if !(0.0..=1.0).contains(p) {
+            anyhow::bail!("erasure probability {p} is outside [0, 1]");
+        }
+    }
+    let text_path = match &args.text {
+        Some(p) => p.clone(),
+        None => assets::ensure_corpus(&mut progress_line)?,
+    };
+    let text = std::fs::read_to_string(&text_path).with_context(|| format!("cannot read text file {}", text_path.display()))?;
+    if text.trim().is_empty() {
+        return Err(split_core::Error::EmptyText { path: text_path, detail: " (nothing but whitespace)".into() }.into());
+    }
+    let (model, tokenizer) = load(&args.model)?;
+    let mut tokens = tokenizer.encode(&text)?;
+    tokens.truncate(args.max_tokens.max(2));
+    let l = model.n_layers();
+    let ks = if args.ks.is_empty() {
+        let mut ks: Vec<usize> = [0, 1].into_iter().chain((3..l).step_by(3)).chain([l - 1]).collect();
+        ks.dedup();
+        ks
+    } else {
+        args.ks.clone()
+    };
+    let mut conditions = vec![split_core::profile::Condition::Clean];
+    conditions.extend(args.snr_dbs.iter().map(|&v| split_core::profile::Condition::Snr(v)));
+    conditions.extend(args.erasure_ps.iter().map(|&v| split_core::profile::Condition::Erasure(v)));
+    let seeds: Vec<u64> = (0..args.seeds.max(1)).collect();
+    if let Some(dir) = args.csv.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let started = Instant::now();
+    let rows = split_core::profile::run_grid(
+        &model,
+        &tokens,
+        PplConfig { window: args.window, stride: args.stride },
+        &ks,
+        &conditions,
+        &seeds,
+        &args.csv,
+        &mut |done, total, row| {
+            if let Some(r) = row {
+                let elapsed = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "figure3: {done}/{total} k={} {}={} seed {} ppl {:.2}; {elapsed:.0}s elapsed, ~{:.0}s left",
+                    r.k,
+                    r.condition.mode(),
+                    r.condition.value(),
+                    r.seed,
+                    r.ppl,
+                    elapsed / done as f64 * (total - done) as f64
+                );
+            } else if total == 0 {
+                eprintln!("figure3: every point is already in {}; drawing", args.csv.display());
+            } else {
+                eprintln!("figure3: {total} evaluations to run ({} tokens each)", tokens.len());
+            }
+        },
+    )?;
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    figure::draw(&rows, l, &model.config().name, &args.out)?;
+    println!("figure {} from {} ({} rows)", args.out.display(), args.csv.display(), rows.len());
     Ok(())
 }
 

@@ -193,3 +193,31 @@ fn bad_channel_configuration_is_refused_at_start() {
     let o = splitinfer(&["ppl", "--text", t, "--channel"]);
     assert!(!o.status.success() && stderr(&o).contains("--split"), "a channel needs a split point: {}", stderr(&o));
 }
+
+#[test]
+fn figure3_writes_a_png_from_a_resumable_profile() {
+    let dir = scratch("figure3");
+    let (png, csv) = (dir.join("f.png"), dir.join("f.csv"));
+    let args = |extra: &[&str]| {
+        let mut a = vec!["figure3", "--ks", "1,20", "--snr-dbs", "10", "--erasure-ps", "0.2", "--seeds", "2", "--max-tokens", "160", "--window", "80", "--stride", "80", "--out", png.to_str().unwrap(), "--csv", csv.to_str().unwrap()];
+        a.extend_from_slice(extra);
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| Command::new(env!("CARGO_BIN_EXE_splitinfer")).args(a).env("RUST_LOG", "warn").output().unwrap();
+    let o = run(args(&[]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    // Header + per k: 1 clean + 2 seeds × (1 SNR + 1 erasure) = 5 rows.
+    assert_eq!(rows.lines().count(), 1 + 2 * 5, "{rows}");
+    assert!(rows.starts_with("k,mode,value,seed,ppl,tokens\n"));
+    // A rerun finds every point in the CSV and only draws.
+    let o = run(args(&[]));
+    assert!(o.status.success() && stderr(&o).contains("every point is already in"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&csv).unwrap(), rows);
+    // A damaged profile is refused with the line that is wrong.
+    std::fs::write(&csv, format!("{rows}20,snr_db,ten,0,1.0,79\n")).unwrap();
+    let o = run(args(&[]));
+    assert_fails_with(&o, "has a malformed row \"20,snr_db,ten,0,1.0,79\"");
+}

@@ -12,7 +12,8 @@
 //!   element-wise erasure, air time), shared by the emulator and the offline tools.
 //! - [`pipeline`]: monolithic and in-process split execution, and the generation loop.
 //! - [`sampling`]: greedy and seeded temperature / top-k / top-p sampling.
-//! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary.
+//! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary; [`profile`]:
+//!   perplexity over a grid of split points × channel conditions, to a resumable CSV.
 //! - [`telemetry`]: the one logging setup every binary calls; [`bundle`]: a loaded model with
 //!   its tokenizer and identity, model resolution and the shutdown signal every service uses.
 //! - [`assets`] and [`corpus`]: fetching the model and the Brown corpus into a cache, and turning
@@ -27,6 +28,7 @@ pub mod corpus;
 pub mod error;
 pub mod model;
 pub mod perplexity;
+pub mod profile;
 pub mod pipeline;
 pub mod sampling;
 pub mod split;

@@ -35,3 +35,53 @@ async fn generation_completes_under_every_scenario_and_replays_by_seed() {
     let erased = run_under(Preset::Static, Some(0.3), 1).await;
     assert_ne!(erased, clean, "30% element erasure at k=8 should change the greedy text");
 }
+
+/// Mean perplexity over two channel seeds of the first 512 news tokens, split at `k`, with
+/// analog noise at 10 dB: the in-process prediction.
+fn predicted_ppl(k: usize) -> f64 {
+    use split_core::channel::{Channel, ChannelBoundary, ChannelConfig};
+    let model = splitinfer_tests::shared_model();
+    let text = std::fs::read_to_string(splitinfer_tests::default_eval_text()).unwrap();
+    let mut tokens = model.tokenizer.encode(&text).unwrap();
+    tokens.truncate(512);
+    let cfg = ChannelConfig { snr_db: 10.0, noise: true, ..ChannelConfig::default() };
+    let ppl = split_core::perplexity::PplConfig { window: 256, stride: 256 };
+    let runs: Vec<f64> = (0..2)
+        .map(|seed| {
+            let mut b = ChannelBoundary { channel: Channel::new(cfg.clone(), seed).unwrap(), dtype: split_core::wire::WireDType::F32, last: Default::default() };
+            split_core::perplexity::perplexity(&model.model, &tokens, ppl, model.model.split_point(k).unwrap(), &mut b, &mut |_, _| {}).unwrap().ppl
+        })
+        .collect();
+    runs.iter().sum::<f64>() / runs.len() as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networked_text_quality_follows_the_order_ppl_predicts() {
+    let (shallow, middle) = (1, 15);
+    let (p_shallow, p_middle) = (predicted_ppl(shallow), predicted_ppl(middle));
+    eprintln!("predicted ppl under 10 dB noise: k={shallow} {p_shallow:.1}, k={middle} {p_middle:.1}");
+    let bed = Testbed::start_full(edge_server::EdgeConfig::for_tests(), |c| {
+        c.channel = true;
+        c.channel_args.snr_db = Some(10.0);
+        c.channel_args.noise = true;
+    })
+    .await;
+    // Quality on the wire: how long the greedy text stays the clean model's, over a few prompts.
+    let prompts = ["The capital of France is", "Once upon a time, in a small village by the sea,", "The jury said that the election"];
+    let mut agree = [0usize; 2];
+    for prompt in prompts {
+        let clean: Vec<u32> = monolithic(&greedy_request(prompt, 0, 24)).into_iter().map(|t| t.0).collect();
+        for (i, k) in [shallow, middle].into_iter().enumerate() {
+            let got = generate_via(&bed.emulator_url, greedy_request(prompt, k, 24)).await.unwrap().token_ids();
+            agree[i] += clean.iter().zip(&got).take_while(|(a, b)| a == b).count();
+        }
+    }
+    eprintln!("tokens before the first divergence from the clean text: k={shallow} {}, k={middle} {}", agree[0], agree[1]);
+    bed.shutdown().await;
+    // Whichever split ppl calls more robust must also keep the networked text closer to clean.
+    if p_shallow < p_middle {
+        assert!(agree[0] > agree[1], "ppl predicts k={shallow} is more robust, but the networked text says otherwise: {agree:?}");
+    } else {
+        assert!(agree[1] > agree[0], "ppl predicts k={middle} is more robust, but the networked text says otherwise: {agree:?}");
+    }
+}
