@@ -213,21 +213,25 @@ impl Shared {
     }
 }
 
-/// Scenario A: switch between the good and bad presets every `period` until shutdown.
-pub async fn alternate(shared: std::sync::Arc<Shared>, period: Duration, shutdown: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(period);
-    for preset in ["good", "bad"].iter().cycle() {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
+/// Scenario A: starts on the good preset at once (before the emulator serves anything), then
+/// switches between bad and good every `period` until shutdown.
+pub fn start_alternating(shared: std::sync::Arc<Shared>, period: Duration, shutdown: tokio_util::sync::CancellationToken) -> Result<()> {
+    let set = |shared: &Shared, preset: &str| shared.set(&pb::SetChannelRequest { preset: preset.into(), ..Default::default() });
+    set(&shared, "good")?;
+    tokio::spawn(async move {
+        for preset in ["bad", "good"].iter().cycle() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            if let Err(e) = set(&shared, preset) {
+                tracing::error!(error = %e, "alternating scenario stopped");
+                return;
+            }
+            tracing::info!(scenario = preset, "alternating channel");
         }
-        let req = pb::SetChannelRequest { preset: (*preset).into(), ..Default::default() };
-        if let Err(e) = shared.set(&req) {
-            tracing::error!(error = %e, "alternating scenario stopped");
-            return;
-        }
-        tracing::info!(scenario = preset, "alternating channel");
-    }
+    });
+    Ok(())
 }
 
 /// Prometheus text exposition of the current statistics.
@@ -236,8 +240,8 @@ pub fn prometheus(stats: &pb::ChannelStats) -> String {
     let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
         out.push_str(&format!("# HELP splitinfer_emulator_{name} {help}\n# TYPE splitinfer_emulator_{name} {kind}\nsplitinfer_emulator_{name} {value}\n"));
     };
-    let t = stats.total.clone().unwrap_or_default();
-    let w = stats.window.clone().unwrap_or_default();
+    let t = stats.total.unwrap_or_default();
+    let w = stats.window.unwrap_or_default();
     metric("messages_total", "counter", "Activations relayed UE to edge.", t.messages as f64);
     metric("packets_total", "counter", "Packets the activations were cut into.", t.packets as f64);
     metric("lost_packets_total", "counter", "Packets lost after all retransmissions (zero-filled).", t.lost_packets as f64);

@@ -72,7 +72,7 @@ pub async fn run_with_metrics(
         config.stats_window,
     ));
     if config.alternate_ms > 0 {
-        tokio::spawn(control::alternate(shared.clone(), std::time::Duration::from_millis(config.alternate_ms), token.clone()));
+        control::start_alternating(shared.clone(), std::time::Duration::from_millis(config.alternate_ms), token.clone())?;
     }
     if let Some(l) = metrics {
         tracing::info!(addr = %l.local_addr()?, "metrics listening");

@@ -4,7 +4,7 @@
 mod figure;
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -14,6 +14,7 @@ use split_core::assets::{self, ModelAsset};
 use split_core::boundary::{Boundary, CleanWire};
 use split_core::channel::args::ChannelArgs;
 use split_core::channel::{Channel, ChannelBoundary};
+use split_core::bundle::{LoadedModel, resolve_model};
 use split_core::model::SplitModel;
 use split_core::perplexity::{PplConfig, perplexity};
 use split_core::pipeline::{Forward, InProcessSplit, Monolithic, generate};
@@ -218,29 +219,24 @@ fn fetch_assets(model: &str, no_corpus: bool) -> Result<()> {
     Ok(())
 }
 
-/// The model path: the user's file as given, or the named known model, fetched if missing.
-fn resolve_model(args: &ModelArgs) -> Result<PathBuf> {
-    match &args.model {
-        Some(path) => Ok(path.clone()),
-        None => Ok(assets::ensure_model(&assets::model_asset(&args.model_name)?, &mut progress_line)?),
-    }
+/// The model (the user's file, or the named known model fetched if missing) and its tokenizer.
+fn load(args: &ModelArgs) -> Result<(SplitModel, Tokenizer)> {
+    let path = resolve_model(args.model.as_deref(), &args.model_name)?;
+    let LoadedModel { model, tokenizer, .. } = LoadedModel::load(&path)?;
+    Ok((model, tokenizer))
 }
 
-fn load(args: &ModelArgs) -> Result<(SplitModel, Tokenizer)> {
-    let path = resolve_model(args)?;
-    let t = Instant::now();
-    let model = SplitModel::load(&path)?;
-    let tokenizer = Tokenizer::from_gguf_file(&path)?;
-    let cfg = model.config();
-    tracing::info!(
-        model = %cfg.name,
-        arch = cfg.architecture.gguf_name(),
-        layers = cfg.n_layers,
-        hidden = cfg.hidden_size,
-        elapsed_ms = t.elapsed().as_millis() as u64,
-        "model loaded"
-    );
-    Ok((model, tokenizer))
+/// The evaluation text: the user's file, or the default news slice (converted if missing).
+fn read_text(text: Option<&Path>) -> Result<(PathBuf, String)> {
+    let path = match text {
+        Some(p) => p.to_path_buf(),
+        None => assets::ensure_corpus(&mut progress_line)?,
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read text file {}", path.display()))?;
+    if text.trim().is_empty() {
+        return Err(split_core::Error::EmptyText { path, detail: " (nothing but whitespace)".into() }.into());
+    }
+    Ok((path, text))
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
@@ -319,14 +315,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 }
 
 fn run_ppl(args: PplArgs) -> Result<()> {
-    let text_path = match &args.text {
-        Some(p) => p.clone(),
-        None => assets::ensure_corpus(&mut progress_line)?,
-    };
-    let text = std::fs::read_to_string(&text_path).with_context(|| format!("cannot read text file {}", text_path.display()))?;
-    if text.trim().is_empty() {
-        return Err(split_core::Error::EmptyText { path: text_path, detail: " (nothing but whitespace)".into() }.into());
-    }
+    let (text_path, text) = read_text(args.text.as_deref())?;
     let (model, tokenizer) = load(&args.model)?;
     let mut tokens = tokenizer.encode(&text)?;
     if args.max_tokens > 0 {
@@ -423,14 +412,7 @@ fn run_figure3(args: Figure3Args) -> Result<()> {
             anyhow::bail!("erasure probability {p} is outside [0, 1]");
         }
     }
-    let text_path = match &args.text {
-        Some(p) => p.clone(),
-        None => assets::ensure_corpus(&mut progress_line)?,
-    };
-    let text = std::fs::read_to_string(&text_path).with_context(|| format!("cannot read text file {}", text_path.display()))?;
-    if text.trim().is_empty() {
-        return Err(split_core::Error::EmptyText { path: text_path, detail: " (nothing but whitespace)".into() }.into());
-    }
+    let (_, text) = read_text(args.text.as_deref())?;
     let (model, tokenizer) = load(&args.model)?;
     let mut tokens = tokenizer.encode(&text)?;
     tokens.truncate(args.max_tokens.max(2));

@@ -42,7 +42,7 @@ fn missing_model_file_says_so_and_how_to_get_one() {
 fn corrupt_model_file_is_not_a_gguf() {
     let dir = scratch("corrupt");
     let path = dir.join("noise.gguf");
-    std::fs::write(&path, (0..4096u32).map(|i| (i * 2_654_435_761u32 >> 13) as u8).collect::<Vec<_>>()).unwrap();
+    std::fs::write(&path, (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect::<Vec<_>>()).unwrap();
     let o = splitinfer(&["generate", "--model", path.to_str().unwrap(), "--prompt", "hi"]);
     assert_fails_with(&o, &format!("model file {} is not a readable GGUF file", path.display()));
 }

@@ -94,8 +94,8 @@ mod tests {
 
     #[test]
     fn p_of_one_is_the_exponential_cdf() {
-        for x in [0.001, 0.1, 1.0, 2.5, 10.0, 40.0] {
-            let want = 1.0 - (-x as f64).exp();
+        for x in [0.001f64, 0.1, 1.0, 2.5, 10.0, 40.0] {
+            let want = 1.0 - (-x).exp();
             assert!((regularized_lower_gamma(1.0, x) - want).abs() < 1e-12, "x={x}");
         }
     }
@@ -107,8 +107,8 @@ mod tests {
             assert!((erf(x) - want).abs() < 1e-12, "erf({x})");
         }
         // P(3, x) = 1 − e^{−x}(1 + x + x²/2).
-        for x in [0.5, 3.0, 7.0] {
-            let want = 1.0 - (-x as f64).exp() * (1.0 + x + x * x / 2.0);
+        for x in [0.5f64, 3.0, 7.0] {
+            let want = 1.0 - (-x).exp() * (1.0 + x + x * x / 2.0);
             assert!((regularized_lower_gamma(3.0, x) - want).abs() < 1e-12, "x={x}");
         }
     }
