@@ -18,6 +18,8 @@ use crate::control::{Shared, prometheus};
 pub struct EmulatorApi {
     pub(crate) shared: Arc<Shared>,
     pub(crate) shutdown: CancellationToken,
+    /// Seed of generated mobility traces.
+    pub(crate) seed: u64,
 }
 
 #[tonic::async_trait]
@@ -53,7 +55,16 @@ impl Emulator for EmulatorApi {
 
     async fn set_channel(&self, request: Request<pb::SetChannelRequest>) -> Result<Response<pb::SetChannelResponse>, Status> {
         let req = request.into_inner();
+        let trace = crate::control::trace_for(
+            (!req.trace_path.is_empty()).then(|| std::path::Path::new(&req.trace_path)),
+            (!req.mobility.is_empty()).then_some(req.mobility.as_str()),
+            self.seed,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.shared.set(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if let Some((name, trace)) = trace {
+            crate::control::start_replay(self.shared.clone(), name, trace, &self.shutdown);
+        }
         let stats = self.shared.stats();
         tracing::info!(scenario = %stats.scenario, paused = stats.paused, version = stats.channel_version, "channel changed");
         Ok(Response::new(pb::SetChannelResponse { stats: Some(stats) }))

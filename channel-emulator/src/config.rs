@@ -28,6 +28,14 @@ pub struct EmulatorConfig {
     /// channel depends on timing; the draws within each channel stay seeded.
     #[arg(long, env = "EMU_ALTERNATE_MS", default_value_t = 0)]
     pub alternate_ms: u64,
+    /// Replay a channel trace: a CSV of t_ms,snr_db,m (m 0 = no fading), looping. Implies --channel;
+    /// the rest of the channel (noise, loss, ...) comes from the flags.
+    #[arg(long, env = "EMU_TRACE")]
+    pub trace: Option<std::path::PathBuf>,
+    /// Replay a generated mobility scenario (path loss, correlated shadowing, fading), seeded by
+    /// --channel-seed. Implies --channel.
+    #[arg(long, env = "EMU_MOBILITY", value_parser = ["pedestrian", "vehicular"])]
+    pub mobility: Option<String>,
     /// Messages in the statistics' sliding window.
     #[arg(long, env = "EMU_STATS_WINDOW", default_value_t = 200)]
     pub stats_window: usize,

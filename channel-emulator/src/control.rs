@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use split_core::channel::args::{parse_preset, preset};
+use split_core::channel::trace::{Mobility, Trace, TracePoint};
 use split_core::channel::{ChannelConfig, Transmission};
 use split_core::error::Result;
 use splitinfer_proto::v1 as pb;
@@ -111,6 +112,8 @@ struct State {
 pub struct Shared {
     state: Mutex<State>,
     window_messages: usize,
+    /// The running trace replay, if any; a new replay or a preset change stops it.
+    replay: Mutex<Option<tokio_util::sync::CancellationToken>>,
 }
 
 /// The channel a session should use now.
@@ -134,6 +137,7 @@ impl Shared {
                 total: Sums::default(),
             }),
             window_messages: window_messages.max(1),
+            replay: Mutex::new(None),
         }
     }
 
@@ -174,8 +178,29 @@ impl Shared {
         }
     }
 
+    /// Sets the mean SNR and m of the current channel from a trace point.
+    pub fn apply_point(&self, scenario: &str, p: &TracePoint) {
+        let mut s = self.lock();
+        let mut next = s.current.clone().unwrap_or_else(|| s.base.clone());
+        next.snr_db = p.snr_db;
+        next.fading_m = p.m;
+        s.current = Some(next);
+        s.scenario = scenario.to_string();
+        s.version += 1;
+    }
+
+    /// Stops the running replay, if any.
+    pub fn stop_replay(&self) {
+        if let Some(t) = self.replay.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            t.cancel();
+        }
+    }
+
     /// Applies a control request; nothing changes if any part of it is invalid.
     pub fn set(&self, req: &pb::SetChannelRequest) -> Result<()> {
+        if !req.preset.is_empty() {
+            self.stop_replay();
+        }
         let mut s = self.lock();
         let mut next = s.current.clone().unwrap_or_else(|| s.base.clone());
         let mut scenario = s.scenario.clone();
@@ -232,6 +257,48 @@ pub fn start_alternating(shared: std::sync::Arc<Shared>, period: Duration, shutd
         }
     });
     Ok(())
+}
+
+/// The trace a control request or the flags name, with its scenario name.
+pub fn trace_for(path: Option<&std::path::Path>, mobility: Option<&str>, seed: u64) -> Result<Option<(String, Trace)>> {
+    match (path, mobility) {
+        (Some(_), Some(_)) => Err(split_core::Error::InvalidArgument("give a trace or a mobility scenario, not both".into())),
+        (Some(p), None) => Ok(Some((format!("trace {}", p.display()), Trace::load(p)?))),
+        (None, Some(m)) => {
+            let model = match m {
+                "pedestrian" => Mobility::PEDESTRIAN,
+                "vehicular" => Mobility::VEHICULAR,
+                other => return Err(split_core::Error::InvalidArgument(format!("unknown mobility {other:?}; known: pedestrian, vehicular"))),
+            };
+            // One hour at 100 ms steps; replay loops after it.
+            Ok(Some((format!("mobility-{m}"), model.trace(3_600_000, 100, seed))))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Replays `trace` from now: its first point at once, then each as its time comes, until
+/// another replay, a preset change or shutdown stops it.
+pub fn start_replay(shared: std::sync::Arc<Shared>, name: String, trace: Trace, shutdown: &tokio_util::sync::CancellationToken) {
+    shared.stop_replay();
+    let token = shutdown.child_token();
+    *shared.replay.lock().unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+    let mut last = trace.at(0);
+    shared.apply_point(&name, &last);
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+            let p = trace.at(start.elapsed().as_millis() as u64);
+            if p != last {
+                shared.apply_point(&name, &p);
+                last = p;
+            }
+        }
+    });
 }
 
 /// Prometheus text exposition of the current statistics.

@@ -65,20 +65,28 @@ pub async fn run_with_metrics(
     // The flags are checked even without --channel: SetChannel may turn them on later.
     let base = config.channel_args.to_config()?;
     tracing::info!(impaired = config.channel, channel = ?base, seed = config.channel_args.channel_seed, "link");
+    let trace = control::trace_for(config.trace.as_deref(), config.mobility.as_deref(), config.channel_args.channel_seed)?;
+    if trace.is_some() && config.alternate_ms > 0 {
+        anyhow::bail!("choose one time-varying scenario: --alternate-ms, --trace or --mobility");
+    }
     let shared = std::sync::Arc::new(control::Shared::new(
         base,
-        config.channel || config.alternate_ms > 0,
+        config.channel || config.alternate_ms > 0 || trace.is_some(),
         config.channel_args.preset.name(),
         config.stats_window,
     ));
     if config.alternate_ms > 0 {
         control::start_alternating(shared.clone(), std::time::Duration::from_millis(config.alternate_ms), token.clone())?;
     }
+    if let Some((name, trace)) = trace {
+        tracing::info!(scenario = %name, points = trace.points.len(), "replaying channel trace");
+        control::start_replay(shared.clone(), name, trace, &token);
+    }
     if let Some(l) = metrics {
         tracing::info!(addr = %l.local_addr()?, "metrics listening");
         tokio::spawn(api::serve_metrics(l, shared.clone(), token.clone()));
     }
-    let emulator_api = EmulatorServer::new(api::EmulatorApi { shared: shared.clone(), shutdown: token.clone() });
+    let emulator_api = EmulatorServer::new(api::EmulatorApi { shared: shared.clone(), shutdown: token.clone(), seed: config.channel_args.channel_seed });
     health.set_serving::<EmulatorServer<api::EmulatorApi>>().await;
     let proxy = EdgeServer::new(Proxy {
         upstream,

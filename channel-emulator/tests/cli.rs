@@ -41,3 +41,15 @@ fn a_bad_channel_is_refused_at_start_not_mid_stream() {
         assert!(e.contains(needle), "{flags:?}: {e}");
     }
 }
+
+#[test]
+fn an_unreadable_trace_is_refused_at_start() {
+    let o = Command::new(env!("CARGO_BIN_EXE_channel-emulator"))
+        .args(["--listen", "127.0.0.1:0", "--trace", "/nonexistent/trace.csv"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("cannot read trace /nonexistent/trace.csv"), "{e}");
+}

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use split_core::assets::{self, ModelAsset};
 use split_core::boundary::{Boundary, CleanWire};
 use split_core::channel::args::ChannelArgs;
+use split_core::channel::trace::Mobility;
 use split_core::channel::{Channel, ChannelBoundary};
 use split_core::bundle::{LoadedModel, resolve_model};
 use split_core::model::SplitModel;
@@ -53,6 +54,21 @@ enum Command {
     /// The analogue of the paper's Figure 3: perplexity against the split layer under several
     /// SNRs and erasure rates, evaluated into a resumable CSV and drawn as a PNG.
     Figure3(Figure3Args),
+    /// Write a generated mobility trace (t_ms,snr_db,m) as CSV, the format the emulator's
+    /// --trace replays.
+    Trace {
+        #[arg(long, value_parser = ["pedestrian", "vehicular"])]
+        mobility: String,
+        #[arg(long, default_value_t = 600)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 100)]
+        step_ms: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print what a GGUF model file holds: architecture, layers, sizes, tokenizer.
     Info {
         #[command(flatten)]
@@ -197,6 +213,15 @@ fn run(command: Command) -> Result<()> {
         Command::Generate(args) => run_generate(args),
         Command::Ppl(args) => run_ppl(args),
         Command::Figure3(args) => run_figure3(args),
+        Command::Trace { mobility, duration_s, step_ms, seed, out } => {
+            let m = if mobility == "vehicular" { Mobility::VEHICULAR } else { Mobility::PEDESTRIAN };
+            let csv = m.trace(duration_s * 1000, step_ms, seed).to_csv();
+            match out {
+                Some(p) => std::fs::write(&p, csv).with_context(|| format!("cannot write {}", p.display()))?,
+                None => print!("{csv}"),
+            }
+            Ok(())
+        }
         Command::Info { model } => run_info(&model),
     }
 }

@@ -6,7 +6,8 @@
 //! gain), [`loss`] (outage below γ_th, with retransmissions), [`awgn`] (ŷ = h·y + n at the
 //! target SNR, optional equalization), [`erasure`] (zero-fill of lost packets; the reference
 //! element-wise erasure with probability p); [`airtime`] turns attempts into delay. Every draw
-//! comes from one seeded RNG: the same seed and config give the same perturbations.
+//! comes from one seeded RNG: the same seed and config give the same perturbations. [`trace`]
+//! holds time-varying channels: CSV traces and generated mobility.
 
 pub mod airtime;
 pub mod args;
@@ -15,6 +16,7 @@ pub mod erasure;
 pub mod fading;
 pub mod loss;
 pub mod math;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -140,3 +140,56 @@ async fn scenario_a_alternates_between_good_and_bad_and_generation_completes() {
     assert!(report.tokens.len() == 16 || report.stopped_at_eos);
     bed.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mobility_and_trace_scenarios_replay_and_generation_completes() {
+    // Generated mobility, vehicular.
+    let bed = Testbed::start_full(edge_server::EdgeConfig::for_tests(), |c| {
+        c.mobility = Some("vehicular".into());
+        c.channel_args.noise = true;
+    })
+    .await;
+    let mut client = api(&bed).await;
+    let s = client.get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.scenario, "mobility-vehicular");
+    assert!(s.impaired && s.fading_m == 1.0);
+    let report = generate_via(&bed.emulator_url, greedy_request("Once upon a time", 8, 16)).await.unwrap();
+    assert!(report.tokens.len() == 16 || report.stopped_at_eos);
+
+    // A CSV trace switched in at run time: 30 dB for 80 ms, then 0 dB, looping.
+    let dir = std::env::temp_dir().join(format!("splitinfer-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("trace.csv");
+    std::fs::write(&path, "t_ms,snr_db,m\n0,30,0\n80,0,2\n").unwrap();
+    client.set_channel(pb::SetChannelRequest { trace_path: path.to_string_lossy().into(), ..Default::default() }).await.unwrap();
+    let mut watch = client.watch_stats(pb::WatchStatsRequest { period_ms: 10 }).await.unwrap().into_inner();
+    let mut snrs = std::collections::BTreeSet::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while snrs.len() < 2 {
+            let s = watch.message().await.unwrap().unwrap();
+            assert!(s.scenario.starts_with("trace "), "{}", s.scenario);
+            snrs.insert(s.snr_db as i64);
+        }
+    })
+    .await
+    .expect("the trace did not replay");
+    assert_eq!(snrs.into_iter().collect::<Vec<_>>(), [0, 30]);
+    let report = generate_via(&bed.emulator_url, greedy_request("Once upon a time", 8, 16)).await.unwrap();
+    assert!(report.tokens.len() == 16 || report.stopped_at_eos);
+
+    // Unreadable or malformed traces and unknown mobility are refused; the replay goes on.
+    for (req, needle) in [
+        (pb::SetChannelRequest { trace_path: "/nonexistent/t.csv".into(), ..Default::default() }, "cannot read trace /nonexistent/t.csv"),
+        (pb::SetChannelRequest { mobility: "flying".into(), ..Default::default() }, "unknown mobility \"flying\""),
+    ] {
+        let e = client.set_channel(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().contains(needle), "{}", e.message());
+    }
+    std::fs::write(&path, "t_ms,snr_db,m\n0,abc,1\n").unwrap();
+    let e = client.set_channel(pb::SetChannelRequest { trace_path: path.to_string_lossy().into(), ..Default::default() }).await.unwrap_err();
+    assert!(e.message().contains("line 2: snr_db is not a number"), "{}", e.message());
+    let s = client.get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
+    assert!(s.scenario.starts_with("trace "), "a refused request must not stop the replay: {}", s.scenario);
+    bed.shutdown().await;
+}
