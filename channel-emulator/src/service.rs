@@ -38,6 +38,7 @@ impl Edge for Proxy {
         let shutdown = self.shutdown.clone();
         let n = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shared = self.shared.clone();
+        let down_shared = self.shared.clone();
         let seed = self.seed;
         // The link follows the shared channel: rebuilt when its version changes, so a switch
         // takes effect at the session's next message. Seeds stay a function of (seed, session,
@@ -124,6 +125,12 @@ impl Edge for Proxy {
                         }
                         m = from_edge.message() => match m {
                             Ok(Some(msg)) => {
+                                // The downlink (token ids) is small and reliable but not instant:
+                                // it takes the channel's propagation delay.
+                                let now = down_shared.snapshot();
+                                if let Some(c) = now.channel.filter(|_| !now.paused) {
+                                    tokio::time::sleep(c.link.propagation()).await;
+                                }
                                 if to_ue.send(Ok(msg)).await.is_err() {
                                     break;
                                 }
