@@ -106,3 +106,20 @@ pub fn on_activation(link: &mut dyn Uplink, stats: &mut LinkStats, activation: &
         }
     }
 }
+
+/// A split change's payload (moved KV entries or replayed boundary states) crosses the uplink like
+/// any other tensor: each tensor goes through `link` in turn; returns the total delay.
+pub fn on_migrate(link: &mut dyn Uplink, stats: &mut LinkStats, migrate: &mut pb::Migrate, shared: &Shared) -> Duration {
+    let mut delay = Duration::ZERO;
+    let mut pass = |t: &mut Option<pb::Tensor>| {
+        let mut carrier = pb::Activation { hidden: t.take(), ..Default::default() };
+        delay += on_activation(link, stats, &mut carrier, shared);
+        *t = carrier.hidden;
+    };
+    for e in &mut migrate.kv {
+        pass(&mut e.k);
+        pass(&mut e.v);
+    }
+    pass(&mut migrate.replay);
+    delay
+}

@@ -72,16 +72,18 @@ impl Edge for Proxy {
                         loop {
                             match from_ue.message().await {
                                 Ok(Some(mut msg)) => {
-                                    if let Some(pb::ue_message::Kind::Activation(a)) = msg.kind.as_mut() {
-                                        let now = shared.snapshot();
-                                        if now.version != snap.version {
-                                            snap = now;
-                                            link = build(&snap);
-                                        }
-                                        let delay = link::on_activation(link.as_mut(), &mut stats, a, &shared);
-                                        if !delay.is_zero() {
-                                            tokio::time::sleep(delay).await;
-                                        }
+                                    let now = shared.snapshot();
+                                    if now.version != snap.version {
+                                        snap = now;
+                                        link = build(&snap);
+                                    }
+                                    let delay = match msg.kind.as_mut() {
+                                        Some(pb::ue_message::Kind::Activation(a)) => link::on_activation(link.as_mut(), &mut stats, a, &shared),
+                                        Some(pb::ue_message::Kind::Migrate(m)) => link::on_migrate(link.as_mut(), &mut stats, m, &shared),
+                                        _ => std::time::Duration::ZERO,
+                                    };
+                                    if !delay.is_zero() {
+                                        tokio::time::sleep(delay).await;
                                     }
                                     if to_edge.send(msg).await.is_err() {
                                         break;
@@ -125,11 +127,17 @@ impl Edge for Proxy {
                         }
                         m = from_edge.message() => match m {
                             Ok(Some(msg)) => {
-                                // The downlink (token ids) is small and reliable but not instant:
-                                // it takes the channel's propagation delay.
+                                // The downlink is reliable but not instant: token ids take the
+                                // channel's propagation delay; moved KV caches (a split change
+                                // toward the UE) their serialization time too.
                                 let now = down_shared.snapshot();
                                 if let Some(c) = now.channel.filter(|_| !now.paused) {
-                                    tokio::time::sleep(c.link.propagation()).await;
+                                    let mut delay = c.link.propagation();
+                                    if let Some(pb::edge_message::Kind::Migrated(m)) = &msg.kind {
+                                        let bits = (prost::Message::encoded_len(m) * 8) as f64;
+                                        delay += std::time::Duration::from_secs_f64(c.link.serialization_s(bits, 10f64.powf(c.snr_db / 10.0)));
+                                    }
+                                    tokio::time::sleep(delay).await;
                                 }
                                 if to_ue.send(Ok(msg)).await.is_err() {
                                     break;

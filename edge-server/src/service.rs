@@ -15,7 +15,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::error::EdgeError;
-use crate::worker::{OpenParams, SessionId, StepInput, Worker};
+use crate::worker::{MigrateInput, OpenParams, SessionId, StepInput, WireKv, Worker};
+use split_core::migrate::Method;
 
 pub struct EdgeService {
     pub(crate) worker: Worker,
@@ -144,7 +145,30 @@ impl SessionTask {
             let activation = match msg {
                 None => return self.ended(&id).await,
                 Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) => a,
-                Some(_) => return Err((Some(id), Status::invalid_argument("only activation messages may follow open"))),
+                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(m)) }) => {
+                    let input = migrate_input(&id, m).map_err(|e| (Some(id.clone()), Status::from(e)))?;
+                    let to = pb::Split { k: input.to.0 as u32, epoch: input.to.1 };
+                    let position = input.position as u64;
+                    let out = self.worker.migrate(input).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
+                    tracing::Span::current().record("split", to.k);
+                    let kv = out
+                        .kv
+                        .into_iter()
+                        .map(|e| pb::LayerKv { layer: e.layer as u32, k: Some(e.k.into()), v: Some(e.v.into()) })
+                        .collect();
+                    self.send(
+                        &id,
+                        pb::edge_message::Kind::Migrated(pb::Migrated {
+                            split: Some(to),
+                            position,
+                            kv,
+                            edge_compute_us: out.compute.as_micros() as u64,
+                        }),
+                    )
+                    .await?;
+                    continue;
+                }
+                Some(_) => return Err((Some(id), Status::invalid_argument("only activation and migrate messages may follow open"))),
             };
             let step = self.step_input(&id, activation).map_err(|e| (Some(id.clone()), Status::from(e)))?;
             let out = self.worker.step(step).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
@@ -223,12 +247,13 @@ impl SessionTask {
                 open.model_sha256, self.model.sha256
             )));
         }
-        let split = open.split.ok_or_else(|| EdgeError::InvalidArgument("open carries no split".into()))?;
-        let split = self.model.model.split_point(split.k as usize)?;
+        let open_split = open.split.ok_or_else(|| EdgeError::InvalidArgument("open carries no split".into()))?;
+        let split = self.model.model.split_point(open_split.k as usize)?;
         let sampling = open.sampling.map(SamplingConfig::try_from).transpose()?.unwrap_or(SamplingConfig::GREEDY);
         let resume = if open.resume_session_id.is_empty() { None } else { Some(SessionId::parse(&open.resume_session_id)?) };
         Ok(OpenParams {
             split,
+            epoch: open_split.epoch,
             sampling,
             max_new_tokens: open.max_new_tokens as usize,
             prompt_tokens: open.prompt_tokens as usize,
@@ -245,8 +270,42 @@ impl SessionTask {
             session: id.clone(),
             position: a.position as usize,
             k: split.k as usize,
+            epoch: split.epoch,
             hidden,
             enqueued: Instant::now(),
         })
     }
+}
+
+/// Checks a migrate message's form and converts it; the worker checks it against the session.
+fn migrate_input(id: &SessionId, m: pb::Migrate) -> Result<MigrateInput, EdgeError> {
+    let from = m.from.ok_or_else(|| EdgeError::InvalidArgument("migrate carries no from split".into()))?;
+    let to = m.to.ok_or_else(|| EdgeError::InvalidArgument("migrate carries no to split".into()))?;
+    let method = match pb::Migration::try_from(m.method) {
+        Ok(pb::Migration::Transfer) => Method::Transfer,
+        Ok(pb::Migration::Recompute) => Method::Recompute,
+        _ => return Err(EdgeError::InvalidArgument(format!("migrate names no known method ({})", m.method))),
+    };
+    let kv = m
+        .kv
+        .into_iter()
+        .map(|e| {
+            let k = e.k.ok_or_else(|| EdgeError::InvalidArgument(format!("entries of layer {} carry no keys", e.layer)))?;
+            let v = e.v.ok_or_else(|| EdgeError::InvalidArgument(format!("entries of layer {} carry no values", e.layer)))?;
+            Ok(WireKv { layer: e.layer as usize, k: WireTensor::try_from(k)?, v: WireTensor::try_from(v)? })
+        })
+        .collect::<Result<Vec<_>, EdgeError>>()?;
+    let replay = match m.replay {
+        Some(t) => Some((WireTensor::try_from(t)?, m.replay_chunks.iter().map(|&c| c as usize).collect())),
+        None => None,
+    };
+    Ok(MigrateInput {
+        session: id.clone(),
+        from: (from.k as usize, from.epoch),
+        to: (to.k as usize, to.epoch),
+        position: m.position as usize,
+        method,
+        kv,
+        replay,
+    })
 }

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use split_core::bundle::LoadedModel;
-use split_core::model::KvCache;
+use split_core::migrate::{self, Method};
+use split_core::model::{KvCache, LayerKv};
 use split_core::sampling::{Sampler, SamplingConfig};
 use split_core::split::SplitPoint;
-use split_core::wire::WireTensor;
+use split_core::wire::{WireDType, WireTensor};
 use tokio::sync::oneshot;
 
 use crate::error::EdgeError;
@@ -40,6 +41,7 @@ impl fmt::Display for SessionId {
 #[derive(Debug, Clone)]
 pub struct OpenParams {
     pub split: SplitPoint,
+    pub epoch: u64,
     pub sampling: SamplingConfig,
     pub max_new_tokens: usize,
     pub prompt_tokens: usize,
@@ -58,6 +60,7 @@ pub struct StepInput {
     pub session: SessionId,
     pub position: usize,
     pub k: usize,
+    pub epoch: u64,
     pub hidden: WireTensor,
     pub enqueued: Instant,
 }
@@ -74,6 +77,36 @@ pub struct TokenOut {
     pub eos: bool,
 }
 
+/// Key/value entries of one layer on the wire.
+#[derive(Debug, Clone)]
+pub struct WireKv {
+    pub layer: usize,
+    pub k: WireTensor,
+    pub v: WireTensor,
+}
+
+/// A live split change announced by the UE (see `splitinfer.v1.Migrate`).
+#[derive(Debug)]
+pub struct MigrateInput {
+    pub session: SessionId,
+    pub from: (usize, u64),
+    pub to: (usize, u64),
+    pub position: usize,
+    pub method: Method,
+    /// TRANSFER toward the edge: the moved layers' entries.
+    pub kv: Vec<WireKv>,
+    /// RECOMPUTE toward the edge: boundary states and the row chunks to replay them in.
+    pub replay: Option<(WireTensor, Vec<usize>)>,
+}
+
+/// What the edge did for a split change.
+#[derive(Debug)]
+pub struct MigrateOut {
+    /// TRANSFER toward the UE: the entries of the layers the UE takes.
+    pub kv: Vec<WireKv>,
+    pub compute: Duration,
+}
+
 /// Where a session stands: prefill still short of the prompt, and whether it is done.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -85,6 +118,7 @@ pub struct Progress {
 enum Job {
     Open(OpenParams, oneshot::Sender<Result<Opened, EdgeError>>),
     Step(StepInput, oneshot::Sender<Result<Option<TokenOut>, EdgeError>>),
+    Migrate(MigrateInput, oneshot::Sender<Result<MigrateOut, EdgeError>>),
     /// End a session for good.
     Close(SessionId),
     /// The session's stream broke: keep it for a resume until it idles out.
@@ -136,6 +170,10 @@ impl Worker {
         self.call(|r| Job::Step(s, r)).await?
     }
 
+    pub async fn migrate(&self, m: MigrateInput) -> Result<MigrateOut, EdgeError> {
+        self.call(|r| Job::Migrate(m, r)).await?
+    }
+
     pub async fn progress(&self, id: &SessionId) -> Result<Option<Progress>, EdgeError> {
         self.call(|r| Job::Progress(id.clone(), r)).await
     }
@@ -159,6 +197,10 @@ impl Worker {
 
 struct Session {
     split: SplitPoint,
+    /// Split epoch of the latest activation or migration; never decreases.
+    epoch: u64,
+    /// Element type of the UE's activations, in which moved caches go back to it.
+    wire: WireDType,
     cache: KvCache,
     sampler: Sampler,
     prompt_tokens: usize,
@@ -190,6 +232,9 @@ impl State {
             }
             Job::Step(s, reply) => {
                 let _ = reply.send(self.step(s));
+            }
+            Job::Migrate(m, reply) => {
+                let _ = reply.send(self.migrate(m));
             }
             Job::Close(id) => {
                 if let Some(s) = self.sessions.remove(&id) {
@@ -268,6 +313,8 @@ impl State {
             id.clone(),
             Session {
                 split: p.split,
+                epoch: p.epoch,
+                wire: WireDType::F32,
                 cache: KvCache::new(p.split.edge_layers(n_layers)),
                 sampler: Sampler::new(p.sampling)?,
                 prompt_tokens: p.prompt_tokens,
@@ -293,9 +340,16 @@ impl State {
         let id = &s.session;
         if s.k != sess.split.k() {
             return Err(EdgeError::FailedPrecondition(format!(
-                "activation computed with split k={} but session {id} runs k={}; this edge does not change splits live",
+                "activation computed with split k={} but session {id} runs k={} (epoch {}); a split change is announced with a migrate message first",
                 s.k,
-                sess.split.k()
+                sess.split.k(),
+                sess.epoch
+            )));
+        }
+        if s.epoch < sess.epoch {
+            return Err(EdgeError::InvalidArgument(format!(
+                "activation names split epoch {} but session {id} is already at epoch {}",
+                s.epoch, sess.epoch
             )));
         }
         let pos = sess.cache.position();
@@ -349,6 +403,8 @@ impl State {
         }
         let x = Tensor::from_vec(values, (1, rows, hidden_size), model.device())?;
         let h = model.run_layers(&x, &mut sess.cache)?;
+        sess.epoch = s.epoch;
+        sess.wire = s.hidden.dtype();
         let end = pos + rows;
         if end < sess.prompt_tokens {
             return Ok(None);
@@ -366,6 +422,107 @@ impl State {
             compute: started.elapsed(),
             eos,
         }))
+    }
+
+    /// Moves the split of a session at a token boundary: the layers that change sides leave or
+    /// join this session's caches. Checks everything before changing anything, so a refused
+    /// migration leaves the session as it was.
+    fn migrate(&mut self, m: MigrateInput) -> Result<MigrateOut, EdgeError> {
+        let started = Instant::now();
+        let missing = self.missing(&m.session);
+        let model = &self.model.model;
+        let n_layers = model.n_layers();
+        let sess = self.sessions.get_mut(&m.session).ok_or(missing)?;
+        sess.last_active = Instant::now();
+        let id = &m.session;
+        let (from, to) = (m.from.0, m.to.0);
+        if from != sess.split.k() {
+            return Err(EdgeError::FailedPrecondition(format!(
+                "migrate from split k={from} but session {id} runs k={}",
+                sess.split.k()
+            )));
+        }
+        let to_split = model.split_point(to)?;
+        if to == from {
+            return Err(EdgeError::InvalidArgument(format!("migrate to the split session {id} already runs (k={to})")));
+        }
+        if m.to.1 < sess.epoch || m.to.1 < m.from.1 {
+            return Err(EdgeError::InvalidArgument(format!(
+                "migrate to split epoch {} but session {id} is already at epoch {}",
+                m.to.1,
+                sess.epoch.max(m.from.1)
+            )));
+        }
+        let pos = sess.cache.position();
+        if m.position != pos {
+            return Err(EdgeError::InvalidArgument(format!(
+                "migrate at position {} but session {id} is at position {pos}: a split changes between steps",
+                m.position
+            )));
+        }
+        let mut out = Vec::new();
+        if to < from {
+            // The edge takes layers to..from.
+            let gained = match m.method {
+                Method::Transfer => {
+                    let (kv_heads, head_dim) = model.kv_layout();
+                    let want: Vec<usize> = (to..from).collect();
+                    let got: Vec<usize> = m.kv.iter().map(|e| e.layer).collect();
+                    if got != want && !(pos == 0 && got.is_empty()) {
+                        return Err(EdgeError::InvalidArgument(format!(
+                            "migrate carries entries of layers {got:?}; moving the split from {from} to {to} needs layers {want:?}"
+                        )));
+                    }
+                    let entries = m
+                        .kv
+                        .iter()
+                        .map(|e| Ok(LayerKv { k: e.k.to_tensor(model.device())?, v: e.v.to_tensor(model.device())? }))
+                        .collect::<split_core::Result<Vec<_>>>()?;
+                    KvCache::from_entries(to..from, entries, pos, kv_heads, head_dim)
+                        .map_err(|e| EdgeError::InvalidArgument(format!("moved caches: {e}")))?
+                }
+                Method::Recompute => {
+                    let (states, chunks) = m
+                        .replay
+                        .as_ref()
+                        .ok_or_else(|| EdgeError::InvalidArgument("recompute migration carries no replay states".into()))?;
+                    let hidden = model.config().hidden_size;
+                    if states.shape() != [1, pos, hidden] {
+                        return Err(EdgeError::InvalidArgument(format!(
+                            "replay states have shape {:?}, expected [1, {pos}, {hidden}]",
+                            states.shape()
+                        )));
+                    }
+                    migrate::replay(model, &states.to_tensor(model.device())?, chunks, to..from)?
+                }
+            };
+            let rest = std::mem::replace(&mut sess.cache, KvCache::new(0..0));
+            sess.cache = gained.join(rest)?;
+        } else {
+            // The UE takes layers from..to.
+            let rest = sess.cache.split_off(to)?;
+            let given = std::mem::replace(&mut sess.cache, rest);
+            if m.method == Method::Transfer {
+                for (layer, e) in given.entries() {
+                    if let Some(e) = e {
+                        out.push(WireKv {
+                            layer,
+                            k: WireTensor::from_tensor(&e.k, sess.wire)?,
+                            v: WireTensor::from_tensor(&e.v, sess.wire)?,
+                        });
+                    }
+                }
+            }
+            sess.cache.set_empty_position(pos);
+        }
+        debug_assert_eq!(sess.cache.range(), to_split.edge_layers(n_layers));
+        tracing::info!(
+            session = %id, from, to, epoch = m.to.1, method = %m.method, position = pos,
+            compute_ms = started.elapsed().as_secs_f64() * 1e3, "split changed"
+        );
+        sess.split = to_split;
+        sess.epoch = m.to.1;
+        Ok(MigrateOut { kv: out, compute: started.elapsed() })
     }
 
     fn expire(&mut self, idle: Duration) {

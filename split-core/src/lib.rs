@@ -10,6 +10,8 @@
 //!   channel models plug in here.
 //! - [`channel`]: the channel models (Nakagami-m fading, AWGN, outage loss with retransmission,
 //!   element-wise erasure, air time), shared by the emulator and the offline tools.
+//! - [`migrate`]: live split changes — moving or exactly recomputing the KV caches of layers that
+//!   change sides, the UE's log of boundary hidden states, and the cost model choosing between them.
 //! - [`pipeline`]: monolithic and in-process split execution, and the generation loop.
 //! - [`sampling`]: greedy and seeded temperature / top-k / top-p sampling.
 //! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary; [`profile`]:
@@ -26,6 +28,7 @@ pub mod channel;
 pub mod convert;
 pub mod corpus;
 pub mod error;
+pub mod migrate;
 pub mod model;
 pub mod perplexity;
 pub mod profile;

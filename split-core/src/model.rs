@@ -159,6 +159,21 @@ impl SplitModel {
     /// Runs the layers `cache.range()` on `hidden` (`[1, seq, hidden]`), whose first row is at
     /// position `cache.position()`, and advances the cache by `seq`.
     pub fn run_layers(&self, hidden: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        self.run_layers_inner(hidden, cache, None)
+    }
+
+    /// [`SplitModel::run_layers`], also pushing the output of every layer onto `trace` (the
+    /// hidden states at boundaries `start + 1 ..= end`), for a later recompute of moved layers.
+    pub fn run_layers_traced(&self, hidden: &Tensor, cache: &mut KvCache, trace: &mut Vec<Tensor>) -> Result<Tensor> {
+        self.run_layers_inner(hidden, cache, Some(trace))
+    }
+
+    /// The key/value layout of a cached layer: `(kv_heads, head_dim)`.
+    pub fn kv_layout(&self) -> (usize, usize) {
+        (self.config.n_kv_heads, self.config.head_dim)
+    }
+
+    fn run_layers_inner(&self, hidden: &Tensor, cache: &mut KvCache, mut trace: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
         let range = cache.range();
         self.check_range(&range)?;
         let seq = self.check_hidden(hidden)?;
@@ -169,6 +184,9 @@ impl SplitModel {
         let mut x = hidden.clone();
         for layer in &self.layers[range] {
             x = layer.forward(&x, &self.config, &self.rope, cache)?;
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(x.clone());
+            }
         }
         cache.advance(seq)?;
         Ok(x)

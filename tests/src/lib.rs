@@ -111,6 +111,9 @@ pub fn greedy_request(prompt: &str, k: usize, max_new_tokens: usize) -> ue_clien
         sampling: split_core::sampling::SamplingConfig::GREEDY,
         prefill_chunk: 0,
         client: "test".into(),
+        migration: split_core::migrate::MigrationMode::Auto,
+        link_mbps: 100.0,
+        edge_speedup: 1.0,
     }
 }
 

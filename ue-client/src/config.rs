@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use split_core::migrate::MigrationMode;
 use split_core::wire::WireDType;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -45,6 +46,21 @@ pub struct UeConfig {
     /// Rows per prefill message (0 = the whole prompt in one message).
     #[arg(long, env = "UE_PREFILL_CHUNK", default_value_t = 0)]
     pub prefill_chunk: usize,
+    /// The agent to follow: split decisions arrive from it and move K at token boundaries. Without
+    /// it, K stays as given. If the agent goes away the UE keeps its split and reconnects.
+    #[arg(long, env = "UE_AGENT")]
+    pub agent: Option<String>,
+    /// How the KV caches of layers that change sides move: `transfer` (ship the entries),
+    /// `recompute` (replay logged boundary states, keeps a log of them in memory) or `auto` (the
+    /// cheaper by a cost model of measured layer times and --link-mbps; logged at every change).
+    #[arg(long, env = "UE_MIGRATION", default_value = "auto")]
+    pub migration: MigrationMode,
+    /// Link rate the migration cost model assumes, in Mbit/s.
+    #[arg(long, env = "UE_LINK_MBPS", default_value_t = 100.0)]
+    pub link_mbps: f64,
+    /// How many times faster the edge runs a layer than this UE (cost model).
+    #[arg(long, env = "UE_EDGE_SPEEDUP", default_value_t = 1.0)]
+    pub edge_speedup: f64,
     /// Largest gRPC message sent or accepted.
     #[arg(long, env = "UE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use split_core::bundle::LoadedModel;
-use split_core::model::KvCache;
+use split_core::migrate::{self, BoundaryLog, CostModel, Method, MigrationMode, MigrationShape};
+use split_core::model::{KvCache, LayerKv};
 use split_core::sampling::SamplingConfig;
 use split_core::split::SplitPoint;
 use split_core::wire::{WireDType, WireTensor};
@@ -25,7 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use config::UeConfig;
-pub use report::{GenerationReport, TokenEvent};
+pub use report::{GenerationReport, MigrationEvent, TokenEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UeError {
@@ -60,6 +61,12 @@ pub struct GenerateRequest {
     /// Rows per prefill message; 0 sends the prompt in one message.
     pub prefill_chunk: usize,
     pub client: String,
+    /// How caches move on a split change: the cheaper by the cost model, or one way always.
+    pub migration: MigrationMode,
+    /// Link rate the cost model assumes for moving caches (Mbit/s).
+    pub link_mbps: f64,
+    /// How many times faster the edge runs a layer than the UE, for the cost model.
+    pub edge_speedup: f64,
 }
 
 /// Connects to an edge (or emulator) with raised message limits.
@@ -75,28 +82,75 @@ pub async fn connect(url: &str, max_message_bytes: usize, timeout: Duration) -> 
     Ok(EdgeClient::new(channel).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes))
 }
 
-/// The UE's side of the model: layers `0..k` and their caches.
+/// A split decision to follow: `k` and its epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SplitDecision {
+    pub k: usize,
+    pub epoch: u64,
+}
+
+/// Where split decisions come from during a generation: the agent, a test's schedule, or nothing.
+pub trait SplitSource: Send + Sync {
+    /// The decision in force now, if any. Checked at every token boundary.
+    fn latest(&self) -> Option<SplitDecision>;
+    /// The UE applied `decision`: its caches moved and the edge confirmed.
+    fn applied(&self, _decision: SplitDecision) {}
+}
+
+/// No decisions: the split of the request holds throughout.
+pub struct FixedSplit;
+
+impl SplitSource for FixedSplit {
+    fn latest(&self) -> Option<SplitDecision> {
+        None
+    }
+}
+
+impl SplitSource for tokio::sync::watch::Receiver<Option<SplitDecision>> {
+    fn latest(&self) -> Option<SplitDecision> {
+        *self.borrow()
+    }
+}
+
+/// The UE's side of the model: layers `0..k`, their caches, and (when the split may move and a
+/// recompute may be chosen) the boundary hidden states a recompute replays.
 struct UeModel {
     model: Arc<LoadedModel>,
     cache: KvCache,
+    log: Option<BoundaryLog>,
+    /// Row count of every step so far.
+    chunks: Vec<usize>,
 }
 
 impl UeModel {
     /// Embeds `tokens`, runs the UE's layers and encodes the result for the wire.
     fn step(&mut self, tokens: &[u32], wire: WireDType) -> split_core::Result<WireTensor> {
         let m = &self.model.model;
-        let h = m.embed(tokens)?;
-        let h = m.run_layers(&h, &mut self.cache)?;
+        let x = m.embed(tokens)?;
+        self.chunks.push(tokens.len());
+        let h = match self.log.as_mut() {
+            Some(log) => {
+                let mut trace = vec![x.clone()];
+                let h = m.run_layers_traced(&x, &mut self.cache, &mut trace)?;
+                log.push(tokens.len(), trace)?;
+                h
+            }
+            None => m.run_layers(&x, &mut self.cache)?,
+        };
         WireTensor::from_tensor(&h, wire)
     }
 }
 
-/// Runs a UE step on a blocking thread, handing the caches there and back.
-async fn ue_step(state: UeModel, tokens: Vec<u32>, wire: WireDType) -> Result<(UeModel, WireTensor, Duration), UeError> {
+/// Runs `f` on the UE's state on a blocking thread (model work stays off the async runtime),
+/// handing the state there and back.
+async fn on_model<T: Send + 'static>(
+    state: UeModel,
+    f: impl FnOnce(&mut UeModel) -> split_core::Result<T> + Send + 'static,
+) -> Result<(UeModel, T, Duration), UeError> {
     tokio::task::spawn_blocking(move || {
         let mut state = state;
         let t = Instant::now();
-        let r = state.step(&tokens, wire);
+        let r = f(&mut state);
         (state, r, t.elapsed())
     })
     .await
@@ -112,23 +166,49 @@ async fn next(inbound: &mut tonic::Streaming<pb::EdgeMessage>) -> Result<pb::edg
     }
 }
 
-/// One generation session over `client`. `on_token` sees every token as it arrives.
+/// One generation session over `client` at the request's fixed split.
 pub async fn generate(
     client: &mut EdgeClient<Channel>,
     model: Arc<LoadedModel>,
     req: GenerateRequest,
+    on_token: impl FnMut(&TokenEvent),
+) -> Result<GenerationReport, UeError> {
+    generate_adaptive(client, model, req, &FixedSplit, on_token).await
+}
+
+type Sender = mpsc::Sender<pb::UeMessage>;
+
+async fn send(tx: &Sender, msg: pb::UeMessage) -> Result<u64, UeError> {
+    let n = msg.encoded_len() as u64;
+    tx.send(msg).await.map_err(|_| UeError::Protocol("the request stream closed early".into()))?;
+    Ok(n)
+}
+
+/// One generation session over `client` that follows `source`: at every token boundary a newer
+/// decision moves the split (see [`split_core::migrate`]); `on_token` sees every token as it
+/// arrives.
+pub async fn generate_adaptive(
+    client: &mut EdgeClient<Channel>,
+    model: Arc<LoadedModel>,
+    req: GenerateRequest,
+    source: &dyn SplitSource,
     mut on_token: impl FnMut(&TokenEvent),
 ) -> Result<GenerationReport, UeError> {
     if req.prompt.is_empty() {
         return Err(UeError::Protocol("the prompt has no tokens".into()));
     }
     let started = Instant::now();
+    let n_layers = model.model.n_layers();
+    // A decision already in force picks the first split; the request's is the fallback.
+    let mut split = SplitDecision { k: req.split.k(), epoch: 0 };
+    if let Some(d) = source.latest().filter(|d| d.k <= n_layers) {
+        split = d;
+    }
     let (tx, rx) = mpsc::channel::<pb::UeMessage>(8);
-    let split = pb::Split { k: req.split.k() as u32, epoch: 0 };
     let open = pb::UeMessage {
         kind: Some(pb::ue_message::Kind::Open(pb::Open {
             model_sha256: model.sha256.clone(),
-            split: Some(split),
+            split: Some(pb::Split { k: split.k as u32, epoch: split.epoch }),
             sampling: Some(req.sampling.into()),
             max_new_tokens: req.max_new_tokens as u32,
             prompt_tokens: req.prompt.len() as u32,
@@ -136,47 +216,70 @@ pub async fn generate(
             resume_session_id: String::new(),
         })),
     };
-    let mut bytes_up = open.encoded_len() as u64;
-    let send = |msg: pb::UeMessage| {
-        let tx = tx.clone();
-        async move { tx.send(msg).await.map_err(|_| UeError::Protocol("the request stream closed early".into())) }
-    };
-    send(open).await?;
+    let mut bytes_up = send(&tx, open).await?;
+    let mut bytes_down = 0u64;
     let mut inbound = client.generate(ReceiverStream::new(rx)).await.map_err(UeError::Edge)?.into_inner();
 
     let session_id = match next(&mut inbound).await? {
         pb::edge_message::Kind::Opened(o) => o.session_id,
         other => return Err(UeError::Protocol(format!("expected opened, got {other:?}"))),
     };
-    tracing::info!(session = %session_id, split = req.split.k(), "session open");
+    tracing::info!(session = %session_id, split = split.k, epoch = split.epoch, "session open");
+    if split.epoch > 0 {
+        source.applied(split);
+    }
 
-    let mut state = UeModel { model: model.clone(), cache: KvCache::new(req.split.ue_layers()) };
+    // Only a recompute reads the log; with transfer forced it would be dead weight.
+    let log = (req.migration != MigrationMode::Transfer).then(BoundaryLog::new);
+    let mut state = UeModel { model: model.clone(), cache: KvCache::new(0..split.k), log, chunks: Vec::new() };
+    let mut cost = CostModel::new(req.link_mbps, req.edge_speedup);
+    let shape = MigrationShape::new(&model.model, req.wire.size());
     let mut tokens: Vec<TokenEvent> = Vec::with_capacity(req.max_new_tokens);
+    let mut migrations: Vec<MigrationEvent> = Vec::new();
     let mut input: Vec<u32> = req.prompt.clone();
     let chunk = if req.prefill_chunk == 0 { usize::MAX } else { req.prefill_chunk };
     let mut stop_eos = false;
     while tokens.len() < req.max_new_tokens {
+        // A token boundary: the edge has answered every step so far.
+        if let Some(d) = source.latest().filter(|d| d.epoch > split.epoch) {
+            if d.k > n_layers {
+                tracing::warn!(k = d.k, epoch = d.epoch, n_layers, "ignoring a split decision outside 0..=L");
+            } else if d.k == split.k {
+                split = d;
+                source.applied(d);
+            } else {
+                let (s, event) =
+                    migrate(state, &tx, &mut inbound, &req, &cost, &shape, split, d, tokens.len()).await?;
+                state = s;
+                bytes_up += event.bytes_up;
+                bytes_down += event.bytes_down;
+                migrations.push(event);
+                split = d;
+                source.applied(d);
+            }
+        }
         // Prefill goes out in chunks; each decode step is one row.
         let mut ue_compute = Duration::ZERO;
         let mut step_bytes = 0u64;
         let mut sent_at = Instant::now();
         for rows in input.chunks(chunk) {
             let position = state.cache.position() as u64;
-            let (s, wire, took) = ue_step(state, rows.to_vec(), req.wire).await?;
+            let (tokens_in, wire) = (rows.to_vec(), req.wire);
+            let (s, hidden, took) = on_model(state, move |m| m.step(&tokens_in, wire)).await?;
             state = s;
             ue_compute += took;
+            cost.observe(rows.len(), split.k, took.as_secs_f64());
             let msg = pb::UeMessage {
                 kind: Some(pb::ue_message::Kind::Activation(pb::Activation {
                     position,
-                    split: Some(split),
-                    hidden: Some(wire.into()),
+                    split: Some(pb::Split { k: split.k as u32, epoch: split.epoch }),
+                    hidden: Some(hidden.into()),
                     ue_compute_us: took.as_micros() as u64,
                     erasure_mask: Default::default(),
                 })),
             };
-            step_bytes += msg.encoded_len() as u64;
             sent_at = Instant::now();
-            send(msg).await?;
+            step_bytes += send(&tx, msg).await?;
         }
         bytes_up += step_bytes;
         let t = match next(&mut inbound).await? {
@@ -189,6 +292,8 @@ pub async fn generate(
             id: t.id,
             logprob: t.logprob,
             rows: input.len(),
+            k: split.k,
+            epoch: split.epoch,
             ue_compute_us: ue_compute.as_micros() as u64,
             network_us: rtt.saturating_sub(edge).as_micros() as u64,
             edge_queue_us: t.edge_queue_us,
@@ -212,11 +317,170 @@ pub async fn generate(
     Ok(GenerationReport {
         session_id,
         split: req.split.k(),
+        final_split: split.k,
         wire: req.wire.to_string(),
         prompt_tokens: req.prompt.len(),
         tokens,
+        migrations,
         stopped_at_eos: stop_eos,
         bytes_up,
+        bytes_down,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// Moves the split from `from` to `to` at a token boundary: plans the method, moves or rebuilds
+/// the caches of the layers that change sides, and waits for the edge to confirm.
+#[allow(clippy::too_many_arguments)]
+async fn migrate(
+    state: UeModel,
+    tx: &Sender,
+    inbound: &mut tonic::Streaming<pb::EdgeMessage>,
+    req: &GenerateRequest,
+    cost: &CostModel,
+    shape: &MigrationShape,
+    from: SplitDecision,
+    to: SplitDecision,
+    at_token: usize,
+) -> Result<(UeModel, MigrationEvent), UeError> {
+    let started = Instant::now();
+    let position = state.cache.position();
+    let plan = match &state.log {
+        Some(log) => cost.plan(shape, from.k, to.k, &state.chunks, log.common_height(), req.migration),
+        // No log was kept: only a transfer is possible (the estimates are still logged).
+        None => cost.plan(shape, from.k, to.k, &state.chunks, 0, MigrationMode::Transfer),
+    };
+    let method = plan.method;
+    tracing::info!(
+        from = from.k, to = to.k, epoch = to.epoch, position, %method,
+        transfer_est_ms = plan.transfer_s * 1e3, recompute_est_ms = plan.recompute_s * 1e3,
+        transfer_bytes = plan.transfer_bytes, recompute_bytes = plan.recompute_bytes,
+        "changing split"
+    );
+    let mut msg = pb::Migrate {
+        from: Some(pb::Split { k: from.k as u32, epoch: from.epoch }),
+        to: Some(pb::Split { k: to.k as u32, epoch: to.epoch }),
+        position: position as u64,
+        method: match method {
+            Method::Transfer => pb::Migration::Transfer,
+            Method::Recompute => pb::Migration::Recompute,
+        } as i32,
+        ..Default::default()
+    };
+    let wire = req.wire;
+    let (mut state, ue_us) = if to.k < from.k {
+        // The edge takes layers to..from: ship their entries, or the states it replays.
+        let to_k = to.k;
+        let (s, payload, took) = on_model(state, move |m| {
+            let moved = m.cache.split_off(to_k)?;
+            m.cache.set_empty_position(position);
+            match method {
+                Method::Transfer => {
+                    let kv = moved
+                        .entries()
+                        .filter_map(|(layer, e)| e.map(|e| (layer, e)))
+                        .map(|(layer, e)| {
+                            Ok(pb::LayerKv {
+                                layer: layer as u32,
+                                k: Some(WireTensor::from_tensor(&e.k, wire)?.into()),
+                                v: Some(WireTensor::from_tensor(&e.v, wire)?.into()),
+                            })
+                        })
+                        .collect::<split_core::Result<Vec<_>>>()?;
+                    Ok((kv, None))
+                }
+                Method::Recompute => {
+                    let model = m.model.clone();
+                    let log = m.log.as_mut().ok_or_else(|| split_core::Error::InvalidArgument("recompute without a boundary log".into()))?;
+                    if log.common_height() < to_k {
+                        // Fill in the boundary the edge needs from lower ones.
+                        migrate::recompute(&model.model, log, to_k..to_k)?;
+                    }
+                    let states = WireTensor::from_tensor(&log.boundary(to_k)?, wire)?;
+                    Ok((Vec::new(), Some((states, log.chunks()))))
+                }
+            }
+        })
+        .await?;
+        msg.kv = payload.0;
+        if let Some((states, chunks)) = payload.1 {
+            msg.replay = Some(states.into());
+            msg.replay_chunks = chunks.into_iter().map(|c| c as u32).collect();
+        }
+        (s, took.as_micros() as u64)
+    } else if method == Method::Recompute {
+        // The UE takes layers from..to and rebuilds them from its log.
+        let (from_k, to_k) = (from.k, to.k);
+        let (s, (), took) = on_model(state, move |m| {
+            let model = m.model.clone();
+            let log = m.log.as_mut().ok_or_else(|| split_core::Error::InvalidArgument("recompute without a boundary log".into()))?;
+            let gained = migrate::recompute(&model.model, log, from_k..to_k)?;
+            let own = std::mem::replace(&mut m.cache, KvCache::new(0..0));
+            m.cache = own.join(gained)?;
+            Ok(())
+        })
+        .await?;
+        (s, took.as_micros() as u64)
+    } else {
+        (state, 0)
+    };
+    msg.ue_compute_us = ue_us;
+    let bytes_up = send(tx, pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(msg)) }).await?;
+    let migrated = match next(inbound).await? {
+        pb::edge_message::Kind::Migrated(m) => m,
+        other => return Err(UeError::Protocol(format!("expected migrated, got {other:?}"))),
+    };
+    let bytes_down = migrated.encoded_len() as u64;
+    if to.k > from.k && method == Method::Transfer {
+        // The UE takes layers from..to: adopt the entries the edge sent.
+        let (from_k, to_k) = (from.k, to.k);
+        let entries = migrated.kv;
+        let (s, (), _) = on_model(state, move |m| {
+            let (kv_heads, head_dim) = m.model.model.kv_layout();
+            let device = m.model.model.device().clone();
+            let entries = entries
+                .into_iter()
+                .map(|e| {
+                    let k = WireTensor::try_from(e.k.unwrap_or_default())?.to_tensor(&device)?;
+                    let v = WireTensor::try_from(e.v.unwrap_or_default())?.to_tensor(&device)?;
+                    Ok(LayerKv { k, v })
+                })
+                .collect::<split_core::Result<Vec<_>>>()?;
+            let gained = KvCache::from_entries(from_k..to_k, entries, position, kv_heads, head_dim)?;
+            let own = std::mem::replace(&mut m.cache, KvCache::new(0..0));
+            m.cache = own.join(gained)?;
+            Ok(())
+        })
+        .await?;
+        state = s;
+    }
+    if state.cache.range() != (0..to.k) || state.cache.position() != position {
+        return Err(UeError::Protocol(format!(
+            "after moving the split to {} the UE holds layers {:?} at position {}, expected 0..{} at {position}",
+            to.k,
+            state.cache.range(),
+            state.cache.position(),
+            to.k
+        )));
+    }
+    let event = MigrationEvent {
+        at_token,
+        position,
+        from: from.k,
+        to: to.k,
+        epoch: to.epoch,
+        method: method.to_string(),
+        transfer_est_ms: plan.transfer_s * 1e3,
+        recompute_est_ms: plan.recompute_s * 1e3,
+        bytes_up,
+        bytes_down,
+        ue_compute_us: ue_us,
+        edge_compute_us: migrated.edge_compute_us,
+        took_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    tracing::info!(
+        from = from.k, to = to.k, epoch = to.epoch, %method, took_ms = event.took_ms,
+        bytes_up, bytes_down, "split changed"
+    );
+    Ok((state, event))
 }

@@ -45,6 +45,9 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         sampling,
         prefill_chunk: config.prefill_chunk,
         client: config.name.clone(),
+        migration: config.migration,
+        link_mbps: config.link_mbps,
+        edge_speedup: config.edge_speedup,
     };
     let tokenizer = model.tokenizer.clone();
     let mut ids = Vec::new();

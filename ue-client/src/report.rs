@@ -10,6 +10,9 @@ pub struct TokenEvent {
     pub logprob: f32,
     /// Rows the step carried (the prompt length for the first token, then 1).
     pub rows: usize,
+    /// Split the step ran at, and its epoch.
+    pub k: usize,
+    pub epoch: u64,
     pub ue_compute_us: u64,
     pub network_us: u64,
     pub edge_queue_us: u64,
@@ -17,15 +20,39 @@ pub struct TokenEvent {
     pub bytes_up: u64,
 }
 
+/// One live split change and what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct MigrationEvent {
+    /// Tokens generated before the change.
+    pub at_token: usize,
+    pub position: usize,
+    pub from: usize,
+    pub to: usize,
+    pub epoch: u64,
+    /// "transfer" or "recompute", and the cost model's estimates of both.
+    pub method: String,
+    pub transfer_est_ms: f64,
+    pub recompute_est_ms: f64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub ue_compute_us: u64,
+    pub edge_compute_us: u64,
+    pub took_ms: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationReport {
     pub session_id: String,
+    /// The split the session opened with, and the one it ended at.
     pub split: usize,
+    pub final_split: usize,
     pub wire: String,
     pub prompt_tokens: usize,
     pub tokens: Vec<TokenEvent>,
+    pub migrations: Vec<MigrationEvent>,
     pub stopped_at_eos: bool,
     pub bytes_up: u64,
+    pub bytes_down: u64,
     pub elapsed_ms: f64,
 }
 
@@ -70,6 +97,12 @@ impl GenerationReport {
                 let pct = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1e3;
                 out.push_str(&format!("{phase:<8} {name:<13} {mean:>8.2}  {:>8.2}  {:>8.2}\n", pct(0.5), pct(0.95)));
             }
+        }
+        for m in &self.migrations {
+            out.push_str(&format!(
+                "split    {:>2} -> {:<2} epoch {} after token {} by {} in {:.1} ms ({} B up, {} B down; est. transfer {:.1} ms, recompute {:.1} ms)\n",
+                m.from, m.to, m.epoch, m.at_token, m.method, m.took_ms, m.bytes_up, m.bytes_down, m.transfer_est_ms, m.recompute_est_ms
+            ));
         }
         if decode.len() > 1 {
             let total_us: u64 = decode.iter().map(|t| t.ue_compute_us + t.network_us + t.edge_queue_us + t.edge_compute_us).sum();

@@ -55,6 +55,84 @@ impl KvCache {
         self.layers[layer - self.range.start].as_ref()
     }
 
+    /// A cache for layers `range` from entries moved from another side: one per layer, in order,
+    /// each `[1, kv_heads, position, head_dim]`.
+    pub fn from_entries(range: Range<usize>, entries: Vec<LayerKv>, position: usize, kv_heads: usize, head_dim: usize) -> Result<Self> {
+        if position == 0 && entries.is_empty() {
+            return Ok(Self::new(range));
+        }
+        if entries.len() != range.len() {
+            return Err(Error::CacheInvariant(format!(
+                "{} layer entries for the {} layers {range:?}",
+                entries.len(),
+                range.len()
+            )));
+        }
+        let want = [1, kv_heads, position, head_dim];
+        for (i, e) in entries.iter().enumerate() {
+            for (what, t) in [("keys", &e.k), ("values", &e.v)] {
+                if t.dims() != want {
+                    return Err(Error::CacheInvariant(format!(
+                        "{what} of layer {} have shape {:?}, expected {want:?}",
+                        range.start + i,
+                        t.dims()
+                    )));
+                }
+            }
+        }
+        let layers = if position == 0 { vec![None; range.len()] } else { entries.into_iter().map(Some).collect() };
+        Ok(Self { range, layers, position })
+    }
+
+    /// The entries of every layer in the range, in order (`None` before the first position).
+    pub fn entries(&self) -> impl Iterator<Item = (usize, Option<&LayerKv>)> {
+        self.layers.iter().enumerate().map(|(i, l)| (self.range.start + i, l.as_ref()))
+    }
+
+    /// Takes the layers `at..end` out into their own cache; `self` keeps `start..at`.
+    pub fn split_off(&mut self, at: usize) -> Result<Self> {
+        if !(self.range.start..=self.range.end).contains(&at) {
+            return Err(Error::CacheInvariant(format!("cannot split the cache of layers {:?} at layer {at}", self.range)));
+        }
+        let upper = self.layers.split_off(at - self.range.start);
+        let upper = Self { range: at..self.range.end, layers: upper, position: self.position };
+        self.range.end = at;
+        Ok(upper)
+    }
+
+    /// Joins `self` (layers `a..b`) and `upper` (layers `b..c`) into one cache of `a..c`; both
+    /// must hold the same positions.
+    pub fn join(mut self, upper: Self) -> Result<Self> {
+        if self.range.end != upper.range.start {
+            return Err(Error::CacheInvariant(format!(
+                "caches of layers {:?} and {:?} are not adjacent",
+                self.range, upper.range
+            )));
+        }
+        // An empty range has seen every position trivially.
+        let position = match (self.range.is_empty(), upper.range.is_empty()) {
+            (true, true) => self.position.max(upper.position),
+            (true, false) => upper.position,
+            (_, true) => self.position,
+            _ if self.position == upper.position => self.position,
+            _ => {
+                return Err(Error::CacheInvariant(format!(
+                    "layers {:?} hold {} positions but layers {:?} hold {}",
+                    self.range, self.position, upper.range, upper.position
+                )));
+            }
+        };
+        self.layers.extend(upper.layers);
+        Ok(Self { range: self.range.start..upper.range.end, layers: self.layers, position })
+    }
+
+    /// Sets the position of a cache with no layers (it follows the side's other caches).
+    pub fn set_empty_position(&mut self, position: usize) {
+        if self.range.is_empty() {
+            self.position = position;
+        }
+    }
+
     /// Appends `k`/`v` for `layer`, returning the full keys and values to attend over.
     pub(crate) fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<LayerKv> {
         if !self.range.contains(&layer) {
@@ -93,5 +171,56 @@ impl KvCache {
         }
         self.position = next;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn filled(range: Range<usize>, position: usize) -> KvCache {
+        let entries = range
+            .clone()
+            .map(|l| {
+                let t = Tensor::full(l as f32, (1, 2, position, 4), &Device::Cpu).unwrap();
+                LayerKv { k: t.clone(), v: t }
+            })
+            .collect();
+        KvCache::from_entries(range, entries, position, 2, 4).unwrap()
+    }
+
+    #[test]
+    fn split_then_join_restores_the_cache() {
+        let mut c = filled(3..9, 5);
+        let upper = c.split_off(6).unwrap();
+        assert_eq!((c.range(), upper.range()), (3..6, 6..9));
+        assert_eq!(upper.layer(7).unwrap().k.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], 7.0);
+        let joined = c.join(upper).unwrap();
+        assert_eq!(joined.range(), 3..9);
+        assert_eq!(joined.position(), 5);
+        for (l, e) in joined.entries() {
+            assert_eq!(e.unwrap().v.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0], l as f32);
+        }
+    }
+
+    #[test]
+    fn join_refuses_gaps_and_position_mismatch() {
+        let e = filled(0..2, 5).join(filled(3..4, 5)).unwrap_err();
+        assert!(e.to_string().contains("not adjacent"), "{e}");
+        let e = filled(0..2, 5).join(filled(2..4, 6)).unwrap_err();
+        assert!(e.to_string().contains("hold 5 positions"), "{e}");
+        // An empty side takes the other's position.
+        let j = KvCache::new(0..0).join(filled(0..3, 6)).unwrap();
+        assert_eq!(j.position(), 6);
+    }
+
+    #[test]
+    fn from_entries_checks_shapes() {
+        let t = Tensor::zeros((1, 2, 4, 4), DType::F32, &Device::Cpu).unwrap();
+        let e = KvCache::from_entries(0..1, vec![LayerKv { k: t.clone(), v: t }], 5, 2, 4).unwrap_err();
+        assert!(e.to_string().contains("expected [1, 2, 5, 4]"), "{e}");
+        let e = KvCache::from_entries(0..2, vec![], 5, 2, 4).unwrap_err();
+        assert!(e.to_string().contains("0 layer entries for the 2 layers"), "{e}");
     }
 }
