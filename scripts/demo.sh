@@ -19,18 +19,7 @@ echo "demo: building (the first build compiles candle: several minutes)..." >&2
 cargo build --release -q -p edge-server -p channel-emulator -p ue-client -p splitinfer
 model=$("$bin/splitinfer" fetch-assets --no-corpus | awk '/^model /{print $3}')
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 150); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 1)" 2>/dev/null && return 0
-    sleep 0.2
-  done
-  echo "demo: nothing listens on 127.0.0.1:$1; see the log above" >&2
-  exit 1
-}
+source scripts/common.sh
 
 RUST_LOG="${RUST_LOG:-warn}" "$bin/edge-server" --listen "127.0.0.1:$edge_port" --model "$model" &
 pids+=($!)

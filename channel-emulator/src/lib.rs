@@ -19,7 +19,6 @@ pub mod service;
 
 use std::future::Future;
 
-use splitinfer_proto::v1::FILE_DESCRIPTOR_SET;
 use splitinfer_proto::v1::edge_client::EdgeClient;
 use splitinfer_proto::v1::edge_server::EdgeServer;
 use splitinfer_proto::v1::emulator_server::EmulatorServer;
@@ -58,10 +57,7 @@ pub async fn run_with_metrics(
         .max_encoding_message_size(config.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EdgeServer<Proxy>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let (reflection, reflection_v1alpha) = splitinfer_proto::reflection_services()?;
     // The flags are checked even without --channel: SetChannel may turn them on later.
     let base = config.channel_args.to_config()?;
     tracing::info!(impaired = config.channel, channel = ?base, seed = config.channel_args.channel_seed, "link");
@@ -102,6 +98,7 @@ pub async fn run_with_metrics(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(proxy)
         .add_service(emulator_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {

@@ -1,7 +1,10 @@
 //! `splitinfer`: the researcher's command line. Fetch the assets, generate text and measure
-//! perplexity with the model whole or split at layer `k`, all in one process.
+//! perplexity with the model whole or split at layer `k`, all in one process; and talk to a
+//! running agent ([`agent`]: status, overrides).
 
+mod agent;
 mod figure;
+mod health;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,6 +76,24 @@ enum Command {
     Info {
         #[command(flatten)]
         model: ModelArgs,
+    },
+    /// Talk to a running agent: its status, or an override of its split.
+    Agent {
+        #[command(subcommand)]
+        command: agent::AgentCommand,
+    },
+    /// Ask a service's gRPC health service (grpc.health.v1) whether it is serving: exit 0 when
+    /// SERVING, 1 with a one-line reason otherwise. For container health checks and runbooks.
+    Health {
+        /// The service's gRPC address, e.g. http://127.0.0.1:50051.
+        #[arg(long, env = "SPLITINFER_HEALTH_URL")]
+        url: String,
+        /// The service to ask about ("" = the server as a whole; or e.g. splitinfer.v1.Edge).
+        #[arg(long, default_value = "", env = "SPLITINFER_HEALTH_SERVICE")]
+        service: String,
+        /// Give up after this long, connecting included.
+        #[arg(long, default_value_t = 2000, env = "SPLITINFER_HEALTH_TIMEOUT_MS")]
+        timeout_ms: u64,
     },
 }
 
@@ -223,6 +244,11 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Info { model } => run_info(&model),
+        Command::Agent { command } => agent::run(command),
+        Command::Health { url, service, timeout_ms } => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(health::check(&url, &service, std::time::Duration::from_millis(timeout_ms))),
     }
 }
 

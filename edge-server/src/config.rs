@@ -27,6 +27,14 @@ pub struct EdgeConfig {
     /// After SIGTERM/SIGINT, open sessions are ended and the server waits this long for them.
     #[arg(long, env = "EDGE_GRACE_PERIOD_MS", default_value_t = 5_000)]
     pub grace_period_ms: u64,
+    /// The agent to follow (e.g. http://agent:50053): the edge subscribes to its split decisions
+    /// and acknowledges each epoch it is ready to serve. Sessions change split when their UE sends
+    /// a migrate message, so the edge needs no agent to serve them; without one nothing is acked.
+    #[arg(long, env = "EDGE_AGENT")]
+    pub agent: Option<String>,
+    /// Subscriber name the agent lists this edge under.
+    #[arg(long, env = "EDGE_NAME", default_value = "edge")]
+    pub name: String,
     /// Log as JSON lines.
     #[arg(long, env = "EDGE_LOG_JSON")]
     pub log_json: bool,
@@ -43,6 +51,8 @@ impl EdgeConfig {
             max_message_bytes: 64 << 20,
             max_sessions: 256,
             grace_period_ms: 5_000,
+            agent: None,
+            name: "edge".into(),
             log_json: false,
         }
     }

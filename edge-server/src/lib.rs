@@ -17,7 +17,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use split_core::bundle::LoadedModel;
-use splitinfer_proto::v1::FILE_DESCRIPTOR_SET;
 use splitinfer_proto::v1::edge_server::EdgeServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -51,12 +50,13 @@ pub async fn run(
         })
     };
 
+    if let Some(url) = &config.agent {
+        follow_agent(url.clone(), config.name.clone(), model.model.n_layers(), token.clone());
+    }
+
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EdgeServer<EdgeService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let (reflection, reflection_v1alpha) = splitinfer_proto::reflection_services()?;
     let edge = EdgeServer::new(EdgeService {
         worker,
         model,
@@ -75,6 +75,7 @@ pub async fn run(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(edge)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
@@ -97,4 +98,26 @@ pub async fn run(
     let _ = expiry.await;
     tracing::info!("edge server stopped");
     Ok(())
+}
+
+/// Subscribes to the agent and acknowledges every decision the edge can serve (k within 0..=L):
+/// sessions move when their UE migrates, so being ready is all the edge has to apply. The
+/// follower reconnects by itself; while the agent is gone, nothing changes here.
+fn follow_agent(url: String, name: String, n_layers: usize, token: CancellationToken) {
+    let follower = agent::follow::Follower::spawn(url, name, splitinfer_proto::v1::Role::Edge, token.clone());
+    let mut decisions = follower.decisions();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => break,
+                r = decisions.changed() => if r.is_err() { break },
+            }
+            let Some(split) = decisions.borrow_and_update().as_ref().and_then(|d| d.split) else { continue };
+            if split.k as usize > n_layers {
+                tracing::warn!(k = split.k, epoch = split.epoch, n_layers, "the agent decided a split outside 0..=L; not acknowledged");
+                continue;
+            }
+            follower.ack(split.epoch, split.k);
+        }
+    });
 }

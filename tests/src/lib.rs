@@ -2,6 +2,8 @@
 //! that runs the real edge and emulator servers on loopback ports, and helpers to drive the UE.
 //! The tests themselves live in `tests/`.
 
+pub mod grpcurl;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 

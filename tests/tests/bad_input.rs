@@ -186,6 +186,70 @@ async fn oversized_messages_and_expired_sessions_are_refused() {
     bed.shutdown().await;
 }
 
+fn migrate(from: u32, to: u32, to_epoch: u64, position: u64, method: pb::Migration) -> pb::Migrate {
+    pb::Migrate {
+        from: Some(pb::Split { k: from, epoch: 0 }),
+        to: Some(pb::Split { k: to, epoch: to_epoch }),
+        position,
+        method: method as i32,
+        ..Default::default()
+    }
+}
+
+fn kv(layer: u32, positions: u64) -> pb::LayerKv {
+    let t = tensor(&[1, 3, positions, 64], vec![0u8; 3 * positions as usize * 64 * 4]);
+    pb::LayerKv { layer, k: Some(t.clone()), v: Some(t) }
+}
+
+fn msg(m: pb::Migrate) -> pb::UeMessage {
+    pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(m)) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_split_changes_are_refused_and_others_keep_going() {
+    use pb::Migration::{Recompute, Transfer};
+    let bed = Testbed::start().await;
+    let url = bed.emulator_url.clone();
+    // Every case: a 2-row prefill at k=10 (→ a token), then the bad migrate.
+    let after_prefill = |m: pb::Migrate| vec![open(10, 2), activation(0, 10, rows(2, HIDDEN)), msg(m)];
+    assert_refused(&url, after_prefill(migrate(12, 5, 1, 2, Transfer)), false,
+        Code::FailedPrecondition, "migrate from split k=12 but session").await;
+    assert_refused(&url, after_prefill(migrate(10, 31, 1, 2, Transfer)), false,
+        Code::InvalidArgument, "split point 31 is outside 0..=30").await;
+    assert_refused(&url, after_prefill(migrate(10, 10, 1, 2, Transfer)), false,
+        Code::InvalidArgument, "migrate to the split session").await;
+    assert_refused(&url, after_prefill(migrate(10, 20, 1, 1, Transfer)), false,
+        Code::InvalidArgument, "migrate at position 1 but session").await;
+    assert_refused(&url, after_prefill(pb::Migrate { method: 0, ..migrate(10, 20, 1, 2, Transfer) }), false,
+        Code::InvalidArgument, "migrate names no known method (0)").await;
+    // Toward the edge by transfer: entries of the wrong layers, or of the wrong shape.
+    let mut wrong_layers = migrate(10, 8, 1, 2, Transfer);
+    wrong_layers.kv = vec![kv(8, 2), kv(10, 2)];
+    assert_refused(&url, after_prefill(wrong_layers), false,
+        Code::InvalidArgument, "migrate carries entries of layers [8, 10]; moving the split from 10 to 8 needs layers [8, 9]").await;
+    let mut wrong_shape = migrate(10, 9, 1, 2, Transfer);
+    wrong_shape.kv = vec![kv(9, 3)];
+    assert_refused(&url, after_prefill(wrong_shape), false,
+        Code::InvalidArgument, "keys of layer 9 have shape [1, 3, 3, 64], expected [1, 3, 2, 64]").await;
+    // Toward the edge by recompute: no states, or chunks that do not add up.
+    assert_refused(&url, after_prefill(migrate(10, 8, 1, 2, Recompute)), false,
+        Code::InvalidArgument, "recompute migration carries no replay states").await;
+    let mut bad_chunks = migrate(10, 8, 1, 2, Recompute);
+    bad_chunks.replay = Some(rows(2, HIDDEN));
+    bad_chunks.replay_chunks = vec![1, 2];
+    assert_refused(&url, after_prefill(bad_chunks), false,
+        Code::InvalidArgument, "replay chunks [1, 2] do not split the 2 positions").await;
+    // A stale epoch after a good migration (10 → 12 at epoch 3) is refused.
+    let mut stale = vec![open(10, 2), activation(0, 10, rows(2, HIDDEN)), msg(migrate(10, 12, 3, 2, Transfer))];
+    let mut old = activation(2, 12, rows(1, HIDDEN));
+    if let Some(pb::ue_message::Kind::Activation(a)) = old.kind.as_mut() {
+        a.split = Some(pb::Split { k: 12, epoch: 2 });
+    }
+    stale.push(old);
+    assert_refused(&url, stale, false, Code::InvalidArgument, "activation names split epoch 2 but session").await;
+    bed.shutdown().await;
+}
+
 /// Reads the next message, which must be a token; returns its id.
 async fn next_token(inbound: &mut tonic::Streaming<pb::EdgeMessage>) -> u32 {
     match inbound.message().await.unwrap().unwrap().kind {

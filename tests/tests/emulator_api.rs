@@ -193,3 +193,26 @@ async fn mobility_and_trace_scenarios_replay_and_generation_completes() {
     assert!(s.scenario.starts_with("trace "), "a refused request must not stop the replay: {}", s.scenario);
     bed.shutdown().await;
 }
+
+/// The edge and the emulator answer a gRPC client that is not ours through reflection alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_and_emulator_answer_grpcurl_through_reflection() {
+    let bed = splitinfer_tests::Testbed::start().await;
+    for (url, service) in [(&bed.edge_url, "splitinfer.v1.Edge"), (&bed.emulator_url, "splitinfer.v1.Emulator")] {
+        let addr = url.trim_start_matches("http://").to_string();
+        let a = addr.clone();
+        let list = tokio::task::spawn_blocking(move || splitinfer_tests::grpcurl::run(&["-plaintext", &a, "list"])).await.unwrap().unwrap();
+        assert!(list.lines().any(|l| l == service) && list.lines().any(|l| l == "grpc.health.v1.Health"), "{addr}: {list}");
+        let a = addr.clone();
+        let health = tokio::task::spawn_blocking(move || splitinfer_tests::grpcurl::run(&["-plaintext", &a, "grpc.health.v1.Health/Check"]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(health.contains("SERVING"), "{addr}: {health}");
+    }
+    let a = bed.edge_url.trim_start_matches("http://").to_string();
+    let info = tokio::task::spawn_blocking(move || splitinfer_tests::grpcurl::run(&["-plaintext", &a, "splitinfer.v1.Edge/Info"])).await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["nLayers"], 30, "{info}");
+    bed.shutdown().await;
+}

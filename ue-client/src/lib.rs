@@ -112,6 +112,16 @@ impl SplitSource for tokio::sync::watch::Receiver<Option<SplitDecision>> {
     }
 }
 
+impl SplitSource for agent::follow::Follower {
+    fn latest(&self) -> Option<SplitDecision> {
+        self.decisions().borrow().as_ref().and_then(|d| d.split).map(|s| SplitDecision { k: s.k as usize, epoch: s.epoch })
+    }
+
+    fn applied(&self, d: SplitDecision) {
+        self.ack(d.epoch, d.k as u32);
+    }
+}
+
 /// The UE's side of the model: layers `0..k`, their caches, and (when the split may move and a
 /// recompute may be chosen) the boundary hidden states a recompute replays.
 struct UeModel {
@@ -268,7 +278,10 @@ pub async fn generate_adaptive(
             let (s, hidden, took) = on_model(state, move |m| m.step(&tokens_in, wire)).await?;
             state = s;
             ue_compute += took;
-            cost.observe(rows.len(), split.k, took.as_secs_f64());
+            // With few layers the step's fixed costs (embedding, encoding) would pass for layer time.
+            if split.k >= 4 {
+                cost.observe(rows.len(), split.k, took.as_secs_f64());
+            }
             let msg = pb::UeMessage {
                 kind: Some(pb::ue_message::Kind::Activation(pb::Activation {
                     position,

@@ -57,7 +57,23 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         let _ = std::io::stdout().flush();
     }
     let json = config.json;
-    let report = ue_client::generate(&mut client, model, req, |t| {
+    // The agent, if any, is followed in the background; decisions apply at token boundaries.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let follower = config
+        .agent
+        .clone()
+        .map(|url| agent::follow::Follower::spawn(url, config.name.clone(), splitinfer_proto::v1::Role::Ue, stop.clone()));
+    if let Some(f) = &follower {
+        // A running agent hands over its current decision at once: open the session at that split
+        // if it comes within a second; otherwise start at --split and follow when it comes.
+        let mut rx = f.decisions();
+        let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|d| d.is_some())).await;
+    }
+    let source: &dyn ue_client::SplitSource = match &follower {
+        Some(f) => f,
+        None => &ue_client::FixedSplit,
+    };
+    let report = ue_client::generate_adaptive(&mut client, model, req, source, |t| {
         if json || tokenizer.is_eos(t.id) {
             return;
         }
@@ -68,6 +84,11 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         }
     })
     .await?;
+    if follower.is_some() {
+        // The last acknowledgement goes out in the background: give it a moment before exiting.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
     let text_ids: Vec<u32> = report.token_ids().into_iter().filter(|&id| !tokenizer.is_eos(id)).collect();
     if config.json {
         let mut v = serde_json::to_value(&report)?;

@@ -69,8 +69,9 @@ impl GenerationReport {
             None => return "no tokens generated\n".into(),
         };
         out.push_str(&format!(
-            "split k={} wire {} | {} prompt tokens, {} generated in {:.0} ms | {} bytes up ({:.0} per decode token)\n",
-            self.split,
+            "split k={}{} wire {} | {} prompt tokens, {} generated in {:.0} ms | {} bytes up ({:.0} per decode token)\n",
+            self.tokens.first().map_or(self.split, |t| t.k),
+            if self.migrations.is_empty() { String::new() } else { format!(" → {} ({} changes)", self.final_split, self.migrations.len()) },
             self.wire,
             self.prompt_tokens,
             self.tokens.len(),

@@ -1,0 +1,255 @@
+//! Agent configuration: every option is a flag and an `AGENT_*` environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::policy::threshold::Table;
+use crate::policy::{Fixed, Policy, Threshold};
+
+/// The split policies the agent can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyKind {
+    /// Always --k.
+    Fixed,
+    /// The table in --thresholds: SNR and loss thresholds → k, with hysteresis.
+    Threshold,
+}
+
+/// The control token for `Override`. Never printed: `Debug` shows only whether it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ControlToken(String);
+
+impl ControlToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Compares in time independent of where the first difference is.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for ControlToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControlToken(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for ControlToken {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "splitinfer agent: watches the channel emulator's statistics, runs a split policy and pushes split decisions (k, epoch) to the UE and the edge over gRPC"
+)]
+pub struct AgentConfig {
+    /// Address to listen on.
+    #[arg(long, env = "AGENT_LISTEN", default_value = "0.0.0.0:50053")]
+    pub listen: SocketAddr,
+    /// The channel emulator whose statistics stream (Emulator/WatchStats) the policy reads.
+    #[arg(long, env = "AGENT_EMULATOR", default_value = "http://127.0.0.1:50052")]
+    pub emulator: String,
+    /// Period of the statistics stream; one observation (and policy step) per message.
+    #[arg(long, env = "AGENT_STATS_PERIOD_MS", default_value_t = 500)]
+    pub stats_period_ms: u32,
+    /// The split policy.
+    #[arg(long, env = "AGENT_POLICY", value_enum, default_value_t = PolicyKind::Threshold)]
+    pub policy: PolicyKind,
+    /// The split of --policy fixed (0..=L).
+    #[arg(long, env = "AGENT_K")]
+    pub k: Option<u32>,
+    /// The CSV table of --policy threshold: header `min_snr_db,max_loss_rate,k`, first matching
+    /// row wins, the last row a catch-all `-inf,1,k` (see deploy/thresholds.csv).
+    #[arg(long, env = "AGENT_THRESHOLDS")]
+    pub thresholds: Option<PathBuf>,
+    /// Decoder layers L of the model the UE and the edge run. Without it the agent asks the edge
+    /// (Edge/Info at --edge), retrying until it answers.
+    #[arg(long, env = "AGENT_N_LAYERS")]
+    pub n_layers: Option<u32>,
+    /// The edge server, asked for L when --n-layers is not given.
+    #[arg(long, env = "AGENT_EDGE", default_value = "http://127.0.0.1:50051")]
+    pub edge: String,
+    /// No policy-driven change of k sooner than this after the previous decision.
+    #[arg(long, env = "AGENT_MIN_DWELL_MS", default_value_t = 2_000)]
+    pub min_dwell_ms: u64,
+    /// A proposal must be the same on this many consecutive observations to become a decision.
+    #[arg(long, env = "AGENT_CONFIRM", default_value_t = 2)]
+    pub confirm: u32,
+    /// Threshold policy: moving to a better row needs its min_snr_db plus this margin.
+    #[arg(long, env = "AGENT_HYSTERESIS_DB", default_value_t = 1.0, allow_negative_numbers = true)]
+    pub hysteresis_db: f64,
+    /// Bearer token that authorizes Override (metadata `authorization: Bearer <token>`).
+    /// Without it, overrides are refused.
+    #[arg(long, env = "AGENT_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<ControlToken>,
+    /// Decisions kept for the status API.
+    #[arg(long, env = "AGENT_HISTORY", default_value_t = 256)]
+    pub history: usize,
+    /// Log as JSON lines.
+    #[arg(long, env = "AGENT_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl AgentConfig {
+    /// For tests and embedding: the fixed policy at k = 1 on a 30-layer model (so no edge is
+    /// needed), statistics from `emulator` every 100 ms, the production dwell and confirmation
+    /// rules, no control token. The listen address is the caller's business.
+    pub fn for_tests(emulator: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            emulator: emulator.into(),
+            stats_period_ms: 100,
+            policy: PolicyKind::Fixed,
+            k: Some(1),
+            thresholds: None,
+            n_layers: Some(30),
+            edge: "http://127.0.0.1:50051".into(),
+            min_dwell_ms: 2_000,
+            confirm: 2,
+            hysteresis_db: 1.0,
+            control_token: None,
+            history: 256,
+            log_json: false,
+        }
+    }
+
+    /// Checks everything that can be checked before L is known (and, when --n-layers is given,
+    /// the policy against it), so `main` can refuse a bad configuration before serving.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.stats_period_ms == 0 {
+            return invalid("--stats-period-ms must be at least 1".into());
+        }
+        if self.confirm == 0 {
+            return invalid("--confirm must be at least 1 (1 = act on the first observation)".into());
+        }
+        if self.history == 0 {
+            return invalid("--history must be at least 1".into());
+        }
+        if !(self.hysteresis_db.is_finite() && self.hysteresis_db >= 0.0) {
+            return invalid(format!("--hysteresis-db {} must be a finite number >= 0", self.hysteresis_db));
+        }
+        if self.n_layers == Some(0) {
+            return invalid("--n-layers must be at least 1".into());
+        }
+        for (flag, url) in [("--emulator", &self.emulator), ("--edge", &self.edge)] {
+            if let Err(e) = tonic::transport::Endpoint::from_shared(url.clone()) {
+                return invalid(format!("{flag} {url:?} is not a URL: {e}"));
+            }
+        }
+        match self.policy {
+            PolicyKind::Fixed => {
+                if self.k.is_none() {
+                    return invalid("--policy fixed needs --k N (or AGENT_K)".into());
+                }
+                if let Some(p) = &self.thresholds {
+                    return invalid(format!("--thresholds {} applies to --policy threshold only", p.display()));
+                }
+            }
+            PolicyKind::Threshold => {
+                if let Some(k) = self.k {
+                    return invalid(format!("--k {k} applies to --policy fixed only"));
+                }
+                if self.thresholds.is_none() {
+                    return invalid("--policy threshold needs --thresholds FILE (or AGENT_THRESHOLDS); deploy/thresholds.csv is an example".into());
+                }
+            }
+        }
+        match self.n_layers {
+            Some(n) => self.policy(n).map(drop),
+            None => self.thresholds.as_deref().map_or(Ok(()), |p| Table::load(p).map(drop)),
+        }
+    }
+
+    /// The configured policy for a model of `n_layers` decoder layers.
+    pub fn policy(&self, n_layers: u32) -> Result<Box<dyn Policy>, ConfigError> {
+        match self.policy {
+            PolicyKind::Fixed => {
+                let k = self.k.ok_or_else(|| ConfigError::Invalid("--policy fixed needs --k N (or AGENT_K)".into()))?;
+                if k > n_layers {
+                    return Err(ConfigError::Invalid(format!("--k {k} is outside 0..={n_layers} (the model has {n_layers} layers)")));
+                }
+                Ok(Box::new(Fixed::new(k)))
+            }
+            PolicyKind::Threshold => {
+                let path = self.thresholds.as_deref().ok_or_else(|| ConfigError::Invalid("--policy threshold needs --thresholds FILE".into()))?;
+                let table = Table::load(path)?;
+                table.check_layers(n_layers)?;
+                Ok(Box::new(Threshold::new(table, self.hysteresis_db)))
+            }
+        }
+    }
+
+    pub fn min_dwell(&self) -> Duration {
+        Duration::from_millis(self.min_dwell_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<AgentConfig, clap::Error> {
+        AgentConfig::try_parse_from(std::iter::once("agent").chain(args.iter().copied()))
+    }
+
+    fn scratch(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("splitinfer-agent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn an_unknown_policy_is_a_clap_error_listing_the_choices() {
+        let e = parse(&["--policy", "learned"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'learned' for '--policy <POLICY>'") && e.contains("[possible values: fixed, threshold]"), "{e}");
+    }
+
+    #[test]
+    fn combinations_are_checked() {
+        let t = scratch("ok.csv", "min_snr_db,max_loss_rate,k\n10,0.05,2\n-inf,1,24\n");
+        let t = t.to_str().unwrap();
+        let err = |args: &[&str]| parse(args).unwrap().validate().unwrap_err().to_string();
+        assert_eq!(err(&["--policy", "fixed"]), "--policy fixed needs --k N (or AGENT_K)");
+        assert_eq!(err(&["--policy", "fixed", "--k", "31", "--n-layers", "30"]), "--k 31 is outside 0..=30 (the model has 30 layers)");
+        assert!(err(&["--policy", "fixed", "--k", "3", "--thresholds", t]).contains("applies to --policy threshold only"));
+        assert!(err(&[]).starts_with("--policy threshold needs --thresholds FILE"));
+        assert_eq!(err(&["--thresholds", t, "--k", "3"]), "--k 3 applies to --policy fixed only");
+        assert!(err(&["--thresholds", t, "--n-layers", "20"]).ends_with("line 3: k 24 is more than the model's 20 layers (k must be in 0..=20)"));
+        assert!(err(&["--thresholds", "/nonexistent.csv"]).starts_with("cannot read threshold file /nonexistent.csv"));
+        assert_eq!(err(&["--policy", "fixed", "--k", "3", "--confirm", "0"]), "--confirm must be at least 1 (1 = act on the first observation)");
+        assert!(err(&["--policy", "fixed", "--k", "3", "--hysteresis-db", "-1"]).contains("must be a finite number >= 0"));
+        assert!(err(&["--policy", "fixed", "--k", "3", "--emulator", "not a url"]).starts_with("--emulator \"not a url\" is not a URL"));
+
+        parse(&["--thresholds", t, "--n-layers", "30"]).unwrap().validate().unwrap();
+        parse(&["--thresholds", t]).unwrap().validate().unwrap();
+        parse(&["--policy", "fixed", "--k", "30", "--n-layers", "30"]).unwrap().validate().unwrap();
+        AgentConfig::for_tests("http://127.0.0.1:1").validate().unwrap();
+    }
+
+    #[test]
+    fn the_token_is_never_printed_and_compares_exactly() {
+        let c = parse(&["--policy", "fixed", "--k", "1", "--control-token", "s3cret"]).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let t = c.control_token.unwrap();
+        assert!(t.matches("s3cret") && !t.matches("s3cre") && !t.matches("s3cret!") && !t.matches(""));
+    }
+}

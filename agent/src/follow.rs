@@ -1,0 +1,209 @@
+//! The subscriber side, for the UE and the edge: follow an agent's decisions and acknowledge the
+//! ones applied, over reconnections and agent restarts.
+//!
+//! The follower never fails: while the agent is absent there are simply no new decisions, and
+//! the last one received stays the latest (design.md §5: the UE and the edge keep the last split
+//! they had). Epochs only ever increase here; a decision whose epoch is not above the latest is
+//! dropped.
+//!
+//! On every (re)subscription the follower reports as `last_epoch` the highest epoch it has
+//! acknowledged *or received*. Reporting only the acknowledged one would let a restarted agent
+//! reuse the number of a decision that was received but not yet applied, for another `k`, and
+//! this follower would then drop it as not newer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use splitinfer_proto::v1 as pb;
+use splitinfer_proto::v1::agent_client::AgentClient;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::backoff::Backoff;
+use crate::state::decision_epoch;
+
+/// A subscription to the agent, kept up in the background. Cheap to clone.
+#[derive(Clone)]
+pub struct Follower {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    decisions: watch::Sender<Option<pb::Decision>>,
+    /// The highest (epoch, k) applied, to acknowledge.
+    applied: watch::Sender<Option<(u64, u32)>>,
+    connected: AtomicBool,
+}
+
+impl Follower {
+    /// Subscribes to the agent at `url` as `name` with `role`; reconnects with backoff (200 ms
+    /// doubling to 5 s) forever until `shutdown` is cancelled, resubscribing with the highest epoch
+    /// acknowledged or received so far as `last_epoch`. Never fails: an absent agent just means no
+    /// decisions. Must be called within a Tokio runtime.
+    pub fn spawn(url: String, name: String, role: pb::Role, shutdown: CancellationToken) -> Self {
+        let inner = Arc::new(Inner { decisions: watch::channel(None).0, applied: watch::channel(None).0, connected: AtomicBool::new(false) });
+        tokio::spawn(follow(inner.clone(), url, name, role, shutdown));
+        Self { inner }
+    }
+
+    /// The latest decision received (epochs only ever increase here: an older or equal epoch is
+    /// dropped). If there is one already, the receiver reports it as changed, so a loop on
+    /// `changed()` sees it first.
+    pub fn decisions(&self) -> watch::Receiver<Option<pb::Decision>> {
+        let mut rx = self.inner.decisions.subscribe();
+        if rx.borrow().is_some() {
+            rx.mark_changed();
+        }
+        rx
+    }
+
+    /// The latest decision received, without subscribing to changes.
+    pub fn latest(&self) -> Option<pb::Decision> {
+        self.inner.decisions.borrow().clone()
+    }
+
+    /// Records that `epoch` with `k` was applied and acknowledges it to the agent in the
+    /// background; if the agent is unreachable, the acknowledgement is sent after reconnecting.
+    /// Only the highest epoch counts: acknowledging an older one after a newer one does nothing.
+    /// Non-blocking.
+    pub fn ack(&self, epoch: u64, k: u32) {
+        self.inner.applied.send_if_modified(|a| {
+            let newer = a.is_none_or(|(e, _)| epoch > e);
+            if newer {
+                *a = Some((epoch, k));
+            }
+            newer
+        });
+    }
+
+    /// Whether the subscription stream to the agent is up.
+    pub fn connected(&self) -> bool {
+        self.inner.connected.load(Ordering::Relaxed)
+    }
+}
+
+async fn follow(inner: Arc<Inner>, url: String, name: String, role: pb::Role, shutdown: CancellationToken) {
+    let endpoint = match Endpoint::from_shared(url.clone()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(2))
+            // Finds an agent whose host vanished without closing the connection.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true),
+        Err(e) => {
+            tracing::error!(agent = %url, error = %e, "invalid agent URL; following no agent");
+            return;
+        }
+    };
+    let mut applied = inner.applied.subscribe();
+    let mut backoff = Backoff::new();
+    let mut failures = 0u32;
+    loop {
+        let why = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            why = session(&inner, &endpoint, &name, role, &mut applied, &mut backoff) => why,
+        };
+        if inner.connected.swap(false, Ordering::Relaxed) {
+            failures = 1;
+            tracing::info!(agent = %url, subscriber = %name, reason = %why, "disconnected from the agent; keeping the last decision, reconnecting");
+        } else {
+            failures += 1;
+            if failures == 1 {
+                tracing::info!(agent = %url, subscriber = %name, reason = %why, "agent not reachable; retrying with backoff");
+            } else {
+                tracing::debug!(agent = %url, subscriber = %name, reason = %why, "agent retry failed");
+            }
+        }
+        if !backoff.wait(&shutdown).await {
+            break;
+        }
+    }
+    inner.connected.store(false, Ordering::Relaxed);
+}
+
+/// One subscription: decisions in, acknowledgements out, until something breaks; returns what.
+async fn session(
+    inner: &Inner,
+    endpoint: &Endpoint,
+    name: &str,
+    role: pb::Role,
+    applied: &mut watch::Receiver<Option<(u64, u32)>>,
+    backoff: &mut Backoff,
+) -> String {
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return format!("cannot connect: {e}"),
+    };
+    let mut client = AgentClient::new(channel);
+    let received = inner.decisions.borrow().as_ref().map_or(0, decision_epoch);
+    let last_epoch = applied.borrow().map_or(0, |a| a.0).max(received);
+    let request = pb::SubscribeRequest { subscriber: name.to_string(), role: role.into(), last_epoch };
+    let mut stream = match client.subscribe(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return format!("Subscribe refused: {:?}: {}", s.code(), s.message()),
+    };
+    inner.connected.store(true, Ordering::Relaxed);
+    backoff.reset();
+    tracing::info!(agent = %endpoint.uri(), subscriber = name, last_epoch, "subscribed to the agent");
+    // Whatever was applied is (re)acknowledged to this agent, which may be a restarted one.
+    applied.mark_changed();
+    let mut acked_here = 0u64;
+    loop {
+        tokio::select! {
+            m = stream.message() => match m {
+                Ok(Some(d)) => receive(inner, d),
+                Ok(None) => return "the agent ended the stream".into(),
+                Err(s) => return format!("stream broke: {:?}: {}", s.code(), s.message()),
+            },
+            r = applied.changed() => {
+                if r.is_err() {
+                    return "follower dropped".into();
+                }
+                let latest = *applied.borrow_and_update();
+                if let Some((epoch, k)) = latest.filter(|a| a.0 > acked_here) {
+                    match send_ack(&mut client, name, epoch, k).await {
+                        Ok(()) => acked_here = epoch,
+                        Err(why) => return why,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn receive(inner: &Inner, d: pb::Decision) {
+    let epoch = decision_epoch(&d);
+    let k = d.split.map_or(0, |s| s.k);
+    inner.decisions.send_if_modified(|cur| {
+        let newer = cur.as_ref().is_none_or(|c| decision_epoch(c) < epoch);
+        if newer {
+            tracing::info!(epoch, k, reason = %d.reason, "split decision received");
+            *cur = Some(d);
+        } else {
+            tracing::debug!(epoch, latest = cur.as_ref().map_or(0, decision_epoch), "dropped a decision not newer than the latest");
+        }
+        newer
+    });
+}
+
+/// Ok when delivered or refused for good (logged); Err(why) when the connection should be
+/// re-established and the acknowledgement sent again.
+async fn send_ack(client: &mut AgentClient<Channel>, name: &str, epoch: u64, k: u32) -> Result<(), String> {
+    let request = pb::AckRequest { subscriber: name.to_string(), epoch, k };
+    match tokio::time::timeout(Duration::from_secs(5), client.ack(request)).await {
+        Ok(Ok(_)) => {
+            tracing::debug!(epoch, k, "acknowledged");
+            Ok(())
+        }
+        Ok(Err(s)) if s.code() == tonic::Code::InvalidArgument => {
+            // Retrying cannot help: the agent says this (epoch, k) is not one of its decisions.
+            tracing::warn!(epoch, k, error = s.message(), "the agent refused the acknowledgement");
+            Ok(())
+        }
+        Ok(Err(s)) => Err(format!("Ack failed: {:?}: {}", s.code(), s.message())),
+        Err(_) => Err("Ack timed out".into()),
+    }
+}

@@ -1,0 +1,86 @@
+//! The statistics client: follows the emulator's `WatchStats` stream and turns each message into
+//! an observation, reconnecting with backoff when the stream breaks or stalls. While it is down
+//! the decision in force stays; nothing is decided without observations.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use splitinfer_proto::v1 as pb;
+use splitinfer_proto::v1::emulator_client::EmulatorClient;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::backoff::Backoff;
+use crate::observation::Observation;
+use crate::state::Shared;
+
+/// Runs until `shutdown`.
+pub async fn watch(url: String, period_ms: u32, state: Arc<Shared>, shutdown: CancellationToken) {
+    let endpoint = match Endpoint::from_shared(url.clone()) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(2)),
+        Err(e) => {
+            // The configuration is validated before serving; this is a programming error.
+            tracing::error!(emulator = %url, error = %e, "invalid emulator URL; no statistics");
+            return;
+        }
+    };
+    // A stream that delivers nothing for this long is treated as broken: the emulator's host may
+    // have vanished without closing the connection.
+    let stall = (Duration::from_millis(u64::from(period_ms)) * 5).max(Duration::from_secs(2));
+    let mut backoff = Backoff::new();
+    let mut failures = 0u32;
+    loop {
+        let result = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            r = follow(&endpoint, period_ms, stall, &state, &mut backoff) => r,
+        };
+        let was_up = {
+            let mut s = state.lock();
+            let up = s.stats_connected();
+            s.set_stats_connected(false);
+            up
+        };
+        failures = if was_up { 1 } else { failures + 1 };
+        if was_up {
+            tracing::warn!(emulator = %url, reason = %result, "statistics stream lost; keeping the decision in force and reconnecting");
+        } else if failures == 1 {
+            tracing::warn!(emulator = %url, reason = %result, "cannot get statistics from the emulator yet; retrying");
+        } else {
+            tracing::debug!(emulator = %url, reason = %result, "statistics retry failed");
+        }
+        if !backoff.wait(&shutdown).await {
+            break;
+        }
+    }
+    state.lock().set_stats_connected(false);
+}
+
+/// One connection: observations until the stream ends, fails or stalls; returns why.
+async fn follow(endpoint: &Endpoint, period_ms: u32, stall: Duration, state: &Shared, backoff: &mut Backoff) -> String {
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return format!("cannot connect: {e}"),
+    };
+    let mut stream = match EmulatorClient::new(channel).watch_stats(pb::WatchStatsRequest { period_ms }).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return format!("WatchStats refused: {}: {}", s.code(), s.message()),
+    };
+    loop {
+        let message = match tokio::time::timeout(stall, stream.message()).await {
+            Err(_) => return format!("no statistics for {} ms", stall.as_millis()),
+            Ok(Err(s)) => return format!("stream failed: {}: {}", s.code(), s.message()),
+            Ok(Ok(None)) => return "stream ended".into(),
+            Ok(Ok(Some(m))) => m,
+        };
+        let obs = Observation::from_stats(&message);
+        let mut s = state.lock();
+        if !s.stats_connected() {
+            s.set_stats_connected(true);
+            backoff.reset();
+            tracing::info!(endpoint = %endpoint.uri(), "statistics stream up");
+        }
+        tracing::trace!(snr_db = obs.snr_db, loss_rate = obs.loss_rate, scenario = %obs.scenario, "observation");
+        s.observe(obs, Instant::now());
+    }
+}
