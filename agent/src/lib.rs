@@ -23,7 +23,6 @@ pub mod policy;
 pub mod service;
 pub mod state;
 pub mod stats;
-pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -6,7 +6,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = AgentConfig::parse();
-    agent::telemetry::init(config.log_json);
+    splitinfer_telemetry::init(config.log_json);
     // A bad configuration (a malformed threshold file, a k beyond the model) is refused before
     // anything listens.
     if let Err(e) = config.validate() {
@@ -20,7 +20,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match agent::run(listener, config, agent::telemetry::shutdown_signal()).await {
+    match agent::run(listener, config, splitinfer_telemetry::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

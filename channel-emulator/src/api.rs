@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::emulator_server::Emulator;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -71,43 +70,9 @@ impl Emulator for EmulatorApi {
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) as Prometheus text until shutdown.
+/// Serves the statistics and the proxy's own latencies as Prometheus (OpenMetrics) text until
+/// shutdown.
 pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
-    loop {
-        let (mut socket, _) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    continue;
-                }
-            },
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            // Read the request head (we answer every request the same way).
-            let mut buf = vec![0u8; 4096];
-            let mut got = 0;
-            while got < buf.len() {
-                match tokio::time::timeout(Duration::from_secs(5), socket.read(&mut buf[got..])).await {
-                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                    Ok(Ok(n)) => {
-                        got += n;
-                        if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                            break;
-                        }
-                    }
-                }
-            }
-            let body = prometheus(&shared.stats());
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = socket.write_all(head.as_bytes()).await;
-            let _ = socket.write_all(body.as_bytes()).await;
-            let _ = socket.shutdown().await;
-        });
-    }
+    let render = Arc::new(move || prometheus(&shared.stats(), &shared.relay));
+    splitinfer_telemetry::metrics::serve(listener, render, shutdown).await;
 }

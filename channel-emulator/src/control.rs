@@ -114,6 +114,8 @@ pub struct Shared {
     window_messages: usize,
     /// The running trace replay, if any; a new replay or a preset change stops it.
     replay: Mutex<Option<tokio_util::sync::CancellationToken>>,
+    /// The proxy's own latency per message, for the metrics endpoint.
+    pub relay: RelayMetrics,
 }
 
 /// The channel a session should use now.
@@ -138,6 +140,7 @@ impl Shared {
             }),
             window_messages: window_messages.max(1),
             replay: Mutex::new(None),
+            relay: RelayMetrics::new(),
         }
     }
 
@@ -302,27 +305,74 @@ pub fn start_replay(shared: std::sync::Arc<Shared>, name: String, trace: Trace, 
 }
 
 /// Prometheus text exposition of the current statistics.
-pub fn prometheus(stats: &pb::ChannelStats) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-        out.push_str(&format!("# HELP splitinfer_emulator_{name} {help}\n# TYPE splitinfer_emulator_{name} {kind}\nsplitinfer_emulator_{name} {value}\n"));
-    };
+pub fn prometheus(stats: &pb::ChannelStats, relay: &RelayMetrics) -> String {
+    use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
+    let mut r = prometheus_client::registry::Registry::with_prefix("splitinfer_emulator");
     let t = stats.total.unwrap_or_default();
     let w = stats.window.unwrap_or_default();
-    metric("messages_total", "counter", "Activations relayed UE to edge.", t.messages as f64);
-    metric("packets_total", "counter", "Packets the activations were cut into.", t.packets as f64);
-    metric("lost_packets_total", "counter", "Packets lost after all retransmissions (zero-filled).", t.lost_packets as f64);
-    metric("retransmissions_total", "counter", "Packet retransmissions.", t.retransmissions as f64);
-    metric("erased_elements_total", "counter", "Tensor elements zeroed (lost packets and element erasure).", t.erased_elements as f64);
-    metric("bytes_total", "counter", "Tensor bytes relayed UE to edge.", t.bytes as f64);
-    metric("window_realized_snr_db", "gauge", "Realized SNR of the analog noise over the window.", w.realized_snr_db);
-    metric("window_m_hat", "gauge", "Estimated Nakagami m of the power gains over the window.", w.m_hat);
-    metric("window_loss_rate", "gauge", "Packet loss rate over the window.", w.loss_rate);
-    metric("window_erasure_rate", "gauge", "Element erasure rate over the window.", w.erasure_rate);
-    metric("window_mean_delay_ms", "gauge", "Mean air time plus propagation per message over the window.", w.mean_delay_ms);
-    metric("channel_snr_db", "gauge", "Configured mean SNR.", stats.snr_db);
-    metric("channel_version", "gauge", "Channel changes through the control API.", stats.channel_version as f64);
-    metric("paused", "gauge", "1 while impairments are paused.", f64::from(u8::from(stats.paused)));
-    out
+    let counters = [
+        ("messages", "Activations relayed UE to edge.", t.messages),
+        ("packets", "Packets the activations were cut into.", t.packets),
+        ("lost_packets", "Packets lost after all retransmissions (zero-filled).", t.lost_packets),
+        ("retransmissions", "Packet retransmissions.", t.retransmissions),
+        ("erased_elements", "Tensor elements zeroed (lost packets and element erasure).", t.erased_elements),
+        ("bytes", "Tensor bytes relayed UE to edge.", t.bytes),
+    ];
+    for (name, help, v) in counters {
+        r.register(name, help, ConstCounter::new(v));
+    }
+    let gauges = [
+        ("window_realized_snr_db", "Realized SNR of the analog noise over the window.", w.realized_snr_db),
+        ("window_m_hat", "Estimated Nakagami m of the power gains over the window.", w.m_hat),
+        ("window_loss_rate", "Packet loss rate over the window.", w.loss_rate),
+        ("window_erasure_rate", "Element erasure rate over the window.", w.erasure_rate),
+        ("window_mean_delay_ms", "Mean air time plus propagation per message over the window.", w.mean_delay_ms),
+        ("channel_snr_db", "Configured mean SNR.", stats.snr_db),
+        ("channel_version", "Channel changes through the control API.", stats.channel_version as f64),
+        ("paused", "1 while impairments are paused.", f64::from(u8::from(stats.paused))),
+    ];
+    for (name, help, v) in gauges {
+        r.register(name, help, ConstGauge::new(v));
+    }
+    relay.register(&mut r);
+    splitinfer_telemetry::metrics::text(&r)
+}
+
+/// What the proxy itself adds to each message, apart from the emulated air time it holds it for.
+#[derive(Clone)]
+pub struct RelayMetrics {
+    /// Decode, channel models and re-encode of one UE message, by kind.
+    pub processing_seconds: splitinfer_telemetry::metrics::Histograms,
+    /// Emulated air time (uplink) and delay (downlink) held, by direction.
+    pub held_seconds: splitinfer_telemetry::metrics::Histograms,
+}
+
+impl RelayMetrics {
+    pub fn new() -> Self {
+        Self {
+            processing_seconds: splitinfer_telemetry::metrics::latency_histograms(),
+            held_seconds: splitinfer_telemetry::metrics::latency_histograms(),
+        }
+    }
+
+    fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register("processing_seconds", "Time the proxy spent on a UE message (decode, channel models, re-encode), by kind.", self.processing_seconds.clone());
+        r.register("held_seconds", "Emulated delay a message was held for, by direction.", self.held_seconds.clone());
+    }
+
+    pub fn processed(&self, kind: &str, d: std::time::Duration) {
+        self.processing_seconds.get_or_create(&vec![("kind", kind.to_string())]).observe(d.as_secs_f64());
+    }
+
+    pub fn held(&self, direction: &str, d: std::time::Duration) {
+        self.held_seconds.get_or_create(&vec![("direction", direction.to_string())]).observe(d.as_secs_f64());
+    }
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 

@@ -4,7 +4,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = EmulatorConfig::parse();
-    split_core::telemetry::init(config.log_json);
+    splitinfer_telemetry::init(config.log_json);
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    channel_emulator::run(listener, config, split_core::bundle::shutdown_signal()).await
+    channel_emulator::run(listener, config, splitinfer_telemetry::shutdown_signal()).await
 }

@@ -77,12 +77,19 @@ impl Edge for Proxy {
                                         snap = now;
                                         link = build(&snap);
                                     }
-                                    let delay = match msg.kind.as_mut() {
-                                        Some(pb::ue_message::Kind::Activation(a)) => link::on_activation(link.as_mut(), &mut stats, a, &shared),
-                                        Some(pb::ue_message::Kind::Migrate(m)) => link::on_migrate(link.as_mut(), &mut stats, m, &shared),
-                                        _ => std::time::Duration::ZERO,
+                                    let started = std::time::Instant::now();
+                                    let (kind, delay) = match msg.kind.as_mut() {
+                                        Some(pb::ue_message::Kind::Activation(a)) => {
+                                            let d = link::on_activation(link.as_mut(), &mut stats, a, &shared);
+                                            a.uplink_delay_us = d.as_micros() as u64;
+                                            ("activation", d)
+                                        }
+                                        Some(pb::ue_message::Kind::Migrate(m)) => ("migrate", link::on_migrate(link.as_mut(), &mut stats, m, &shared)),
+                                        _ => ("open", std::time::Duration::ZERO),
                                     };
+                                    shared.relay.processed(kind, started.elapsed());
                                     if !delay.is_zero() {
+                                        shared.relay.held("up", delay);
                                         tokio::time::sleep(delay).await;
                                     }
                                     if to_edge.send(msg).await.is_err() {
@@ -126,7 +133,7 @@ impl Edge for Proxy {
                             break;
                         }
                         m = from_edge.message() => match m {
-                            Ok(Some(msg)) => {
+                            Ok(Some(mut msg)) => {
                                 // The downlink is reliable but not instant: token ids take the
                                 // channel's propagation delay; moved KV caches (a split change
                                 // toward the UE) their serialization time too.
@@ -137,7 +144,11 @@ impl Edge for Proxy {
                                         let bits = (prost::Message::encoded_len(m) * 8) as f64;
                                         delay += std::time::Duration::from_secs_f64(c.link.serialization_s(bits, 10f64.powf(c.snr_db / 10.0)));
                                     }
+                                    down_shared.relay.held("down", delay);
                                     tokio::time::sleep(delay).await;
+                                    if let Some(pb::edge_message::Kind::Token(t)) = msg.kind.as_mut() {
+                                        t.downlink_delay_us = delay.as_micros() as u64;
+                                    }
                                 }
                                 if to_ue.send(Ok(msg)).await.is_err() {
                                     break;

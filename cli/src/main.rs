@@ -218,7 +218,7 @@ struct Figure3Args {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    split_core::telemetry::init(cli.log_json);
+    splitinfer_telemetry::init(cli.log_json);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -35,6 +35,9 @@ pub struct EdgeConfig {
     /// Subscriber name the agent lists this edge under.
     #[arg(long, env = "EDGE_NAME", default_value = "edge")]
     pub name: String,
+    /// Serve Prometheus metrics (OpenMetrics text) on this address, e.g. 0.0.0.0:9091.
+    #[arg(long, env = "EDGE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "EDGE_LOG_JSON")]
     pub log_json: bool,
@@ -53,6 +56,7 @@ impl EdgeConfig {
             grace_period_ms: 5_000,
             agent: None,
             name: "edge".into(),
+            metrics_listen: None,
             log_json: false,
         }
     }

@@ -5,11 +5,13 @@
 //!   runs the layers, the head and sampling, off the async runtime.
 //! - [`service`]: the `splitinfer.v1.Edge` gRPC service, one task per session stream.
 //! - [`error`]: session errors and their one mapping to gRPC status codes.
+//! - [`metrics`]: the Prometheus metrics served on `--metrics-listen`.
 //! - [`run`]: serve on a bound listener until a shutdown future resolves, then end open sessions
 //!   with `UNAVAILABLE` and drain within the grace period.
 
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod service;
 pub mod worker;
 
@@ -23,17 +25,39 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::EdgeConfig;
+use metrics::EdgeMetrics;
 use service::EdgeService;
 use worker::Worker;
 
-/// Serves the edge on `listener` until `shutdown` resolves.
+/// Serves the edge on `listener` until `shutdown` resolves; metrics on `--metrics-listen` if set.
 pub async fn run(
     listener: TcpListener,
     config: EdgeConfig,
     model: Arc<LoadedModel>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    run_with_metrics(listener, metrics, config, model, shutdown).await
+}
+
+/// [`run`] with an already-bound metrics listener (tests bind 127.0.0.1:0).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: EdgeConfig,
+    model: Arc<LoadedModel>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let token = CancellationToken::new();
+    let metrics = EdgeMetrics::new();
+    if let Some(l) = metrics_listener {
+        tracing::info!(addr = %l.local_addr()?, "metrics listening");
+        let m = metrics.clone();
+        tokio::spawn(splitinfer_telemetry::metrics::serve(l, Arc::new(move || m.text()), token.clone()));
+    }
     let worker = Worker::spawn(model.clone(), config.max_sessions)?;
     let addr = listener.local_addr()?;
 
@@ -51,7 +75,7 @@ pub async fn run(
     };
 
     if let Some(url) = &config.agent {
-        follow_agent(url.clone(), config.name.clone(), model.model.n_layers(), token.clone());
+        follow_agent(url.clone(), config.name.clone(), model.model.n_layers(), metrics.clone(), token.clone());
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -59,6 +83,7 @@ pub async fn run(
     let (reflection, reflection_v1alpha) = splitinfer_proto::reflection_services()?;
     let edge = EdgeServer::new(EdgeService {
         worker,
+        metrics,
         model,
         shutdown: token.clone(),
         max_message_bytes: config.max_message_bytes,
@@ -103,7 +128,7 @@ pub async fn run(
 /// Subscribes to the agent and acknowledges every decision the edge can serve (k within 0..=L):
 /// sessions move when their UE migrates, so being ready is all the edge has to apply. The
 /// follower reconnects by itself; while the agent is gone, nothing changes here.
-fn follow_agent(url: String, name: String, n_layers: usize, token: CancellationToken) {
+fn follow_agent(url: String, name: String, n_layers: usize, metrics: Arc<EdgeMetrics>, token: CancellationToken) {
     let follower = agent::follow::Follower::spawn(url, name, splitinfer_proto::v1::Role::Edge, token.clone());
     let mut decisions = follower.decisions();
     tokio::spawn(async move {
@@ -118,6 +143,7 @@ fn follow_agent(url: String, name: String, n_layers: usize, token: CancellationT
                 continue;
             }
             follower.ack(split.epoch, split.k);
+            metrics.agent_epoch(split.epoch);
         }
     });
 }

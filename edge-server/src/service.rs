@@ -15,11 +15,14 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::error::EdgeError;
+use crate::metrics::EdgeMetrics;
+use prost::Message;
 use crate::worker::{MigrateInput, OpenParams, SessionId, StepInput, WireKv, Worker};
 use split_core::migrate::Method;
 
 pub struct EdgeService {
     pub(crate) worker: Worker,
+    pub(crate) metrics: Arc<EdgeMetrics>,
     pub(crate) model: Arc<LoadedModel>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) max_message_bytes: usize,
@@ -37,6 +40,7 @@ impl Edge for EdgeService {
         let (tx, rx) = mpsc::channel(16);
         let session = SessionTask {
             worker: self.worker.clone(),
+            metrics: self.metrics.clone(),
             model: self.model.clone(),
             shutdown: self.shutdown.clone(),
             max_message_bytes: self.max_message_bytes,
@@ -64,6 +68,7 @@ impl Edge for EdgeService {
 
 struct SessionTask {
     worker: Worker,
+    metrics: Arc<EdgeMetrics>,
     model: Arc<LoadedModel>,
     shutdown: CancellationToken,
     max_message_bytes: usize,
@@ -80,16 +85,19 @@ enum End {
 
 impl SessionTask {
     async fn run(self, mut inbound: Streaming<pb::UeMessage>) {
+        self.metrics.stream_opened();
         let (id, end) = match self.serve(&mut inbound).await {
             Ok((id, end)) => (Some(id), end),
             Err((id, status)) => {
                 if status.code() != Code::Unavailable {
                     tracing::info!(code = ?status.code(), message = status.message(), "session refused");
                 }
+                self.metrics.error(status.code());
                 let _ = self.tx.send(Err(status)).await;
                 (id, End::Close)
             }
         };
+        self.metrics.stream_closed(id.as_ref().map(|i| i.to_string()).as_deref());
         if let Some(id) = id {
             match end {
                 End::Close => self.worker.close(id),
@@ -99,8 +107,10 @@ impl SessionTask {
     }
 
     async fn send(&self, id: &SessionId, msg: pb::edge_message::Kind) -> Result<(), (Option<SessionId>, Status)> {
+        let msg = pb::EdgeMessage { kind: Some(msg) };
+        self.metrics.message(false, msg.encoded_len());
         self.tx
-            .send(Ok(pb::EdgeMessage { kind: Some(msg) }))
+            .send(Ok(msg))
             .await
             .map_err(|_| (Some(id.clone()), Status::cancelled("the UE went away")))
     }
@@ -115,10 +125,12 @@ impl SessionTask {
         };
         let params = self.open_params(open).map_err(|e| (None, Status::from(e)))?;
         let k = params.split.k();
+        let (prompt_tokens, open_epoch) = (params.prompt_tokens, params.epoch);
         let opened = self.worker.open(params).await.map_err(|e| (None, Status::from(e)))?;
         let id = opened.id;
         tracing::Span::current().record("id", tracing::field::display(&id)).record("split", k);
         tracing::info!(position = opened.position, "session open");
+        self.metrics.session_split(&id.to_string(), k, open_epoch);
         let c = self.model.model.config();
         self.send(
             &id,
@@ -131,9 +143,17 @@ impl SessionTask {
         )
         .await?;
 
+        // Emulated uplink air time of the activations since the last token, echoed back with it.
+        let mut uplink_delay_us = 0u64;
+        let mut last_split = (k, open_epoch);
         loop {
             let msg = match self.next(inbound, Some(&id)).await {
-                Ok(m) => m,
+                Ok(m) => {
+                    if let Some(m) = &m {
+                        self.metrics.message(true, m.encoded_len());
+                    }
+                    m
+                }
                 Err((_, status)) if status.code() != Code::Unavailable && status.code() != Code::ResourceExhausted => {
                     // The transport broke (reset, cancel, connection lost) rather than the UE
                     // misbehaving or the server stopping: keep the session for a resume.
@@ -149,8 +169,12 @@ impl SessionTask {
                     let input = migrate_input(&id, m).map_err(|e| (Some(id.clone()), Status::from(e)))?;
                     let to = pb::Split { k: input.to.0 as u32, epoch: input.to.1 };
                     let position = input.position as u64;
+                    let method = input.method.to_string();
                     let out = self.worker.migrate(input).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
                     tracing::Span::current().record("split", to.k);
+                    self.metrics.split_change(&method);
+                    self.metrics.session_split(&id.to_string(), to.k as usize, to.epoch);
+                    last_split = (to.k as usize, to.epoch);
                     let kv = out
                         .kv
                         .into_iter()
@@ -170,9 +194,21 @@ impl SessionTask {
                 }
                 Some(_) => return Err((Some(id), Status::invalid_argument("only activation and migrate messages may follow open"))),
             };
+            uplink_delay_us += activation.uplink_delay_us;
             let step = self.step_input(&id, activation).map_err(|e| (Some(id.clone()), Status::from(e)))?;
+            let (prefill, step_k, step_epoch, enqueued) = (step.position < prompt_tokens, step.k, step.epoch, step.enqueued);
             let out = self.worker.step(step).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
+            match &out {
+                Some(t) => self.metrics.step(prefill, t.queue, t.compute, 1),
+                // A prefill chunk before the last: the worker reports no split of its time.
+                None => self.metrics.step(prefill, std::time::Duration::ZERO, enqueued.elapsed(), 1),
+            }
+            if (step_k, step_epoch) != last_split {
+                last_split = (step_k, step_epoch);
+                self.metrics.session_split(&id.to_string(), step_k, step_epoch);
+            }
             if let Some(t) = out {
+                self.metrics.token();
                 tracing::debug!(position = t.position, token = t.id, compute_us = t.compute.as_micros() as u64, "step");
                 self.send(
                     &id,
@@ -183,6 +219,9 @@ impl SessionTask {
                         edge_queue_us: t.queue.as_micros() as u64,
                         edge_compute_us: t.compute.as_micros() as u64,
                         eos: t.eos,
+                        uplink_delay_us: std::mem::take(&mut uplink_delay_us),
+                        downlink_delay_us: 0,
+                        batch: 1,
                     }),
                 )
                 .await?;

@@ -16,8 +16,7 @@
 //! - [`sampling`]: greedy and seeded temperature / top-k / top-p sampling.
 //! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary; [`profile`]:
 //!   perplexity over a grid of split points × channel conditions, to a resumable CSV.
-//! - [`telemetry`]: the one logging setup every binary calls; [`bundle`]: a loaded model with
-//!   its tokenizer and identity, model resolution and the shutdown signal every service uses.
+//! - [`bundle`]: a loaded model with its tokenizer and identity, and model resolution.
 //! - [`assets`] and [`corpus`]: fetching the model and the Brown corpus into a cache, and turning
 //!   the tagged corpus back into text.
 
@@ -35,7 +34,6 @@ pub mod profile;
 pub mod pipeline;
 pub mod sampling;
 pub mod split;
-pub mod telemetry;
 pub mod tokenizer;
 pub mod wire;
 

@@ -48,6 +48,8 @@ pub fn shared_model() -> Arc<LoadedModel> {
 /// 127.0.0.1:0 listener with real gRPC between them; stopped when dropped.
 pub struct Testbed {
     pub edge_url: String,
+    /// host:port of the edge's Prometheus endpoint.
+    pub edge_metrics: String,
     pub emulator_url: String,
     /// host:port of the emulator's Prometheus endpoint.
     pub emulator_metrics: String,
@@ -71,7 +73,9 @@ impl Testbed {
         let (edge_stop, edge_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let edge_url = format!("http://{}", listener.local_addr().unwrap());
-        let edge = tokio::spawn(edge_server::run(listener, edge_config, model, async move {
+        let edge_metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let edge_metrics = edge_metrics_listener.local_addr().unwrap().to_string();
+        let edge = tokio::spawn(edge_server::run_with_metrics(listener, Some(edge_metrics_listener), edge_config, model, async move {
             let _ = edge_rx.await;
         }));
         let (emu_stop, emu_rx) = tokio::sync::oneshot::channel::<()>();
@@ -84,7 +88,7 @@ impl Testbed {
         let emu = tokio::spawn(channel_emulator::run_with_metrics(listener, Some(metrics), config, async move {
             let _ = emu_rx.await;
         }));
-        Self { edge_url, emulator_url, emulator_metrics, stop: vec![edge_stop, emu_stop], tasks: vec![edge, emu] }
+        Self { edge_url, edge_metrics, emulator_url, emulator_metrics, stop: vec![edge_stop, emu_stop], tasks: vec![edge, emu] }
     }
 
     /// Stops both services and re-raises any error or panic they ended with.
@@ -145,4 +149,32 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Scrapes a Prometheus endpoint at `addr` (host:port) and parses every sample; panics with the
+/// reason if the answer is not `200 OK` OpenMetrics text or a line does not parse.
+pub async fn scrape(addr: &str) -> Vec<splitinfer_telemetry::metrics::Sample> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.unwrap();
+    let (head, text) = body.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains(splitinfer_telemetry::metrics::CONTENT_TYPE), "{head}");
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF: {text}");
+    splitinfer_telemetry::metrics::parse(text).unwrap_or_else(|e| panic!("{addr}: {e}\n{text}"))
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels`; panics naming the
+/// series if there is none.
+pub fn sample(samples: &[splitinfer_telemetry::metrics::Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    find_sample(samples, name, labels).unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+}
+
+/// The value of the sample `name` whose labels include every pair of `labels`, if any.
+pub fn find_sample(samples: &[splitinfer_telemetry::metrics::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.iter().any(|(a, b)| a == k && b == v)))
+        .map(|s| s.value)
 }

@@ -134,7 +134,7 @@ fn subscriber<'a>(s: &'a pb::AgentStatus, name: &str) -> &'a pb::SubscriberStatu
 
 fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
-        agent::telemetry::init(false);
+        splitinfer_telemetry::init(false);
     }
 }
 

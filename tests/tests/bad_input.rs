@@ -50,6 +50,7 @@ fn activation(position: u64, k: u32, hidden: pb::Tensor) -> pb::UeMessage {
             hidden: Some(hidden),
             ue_compute_us: 0,
             erasure_mask: Default::default(),
+            uplink_delay_us: 0,
         })),
     }
 }

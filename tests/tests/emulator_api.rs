@@ -7,27 +7,14 @@ use split_core::channel::args::Preset;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::emulator_client::EmulatorClient;
 use splitinfer_tests::{Testbed, generate_via, greedy_request, monolithic};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn api(bed: &Testbed) -> EmulatorClient<tonic::transport::Channel> {
     EmulatorClient::connect(bed.emulator_url.clone()).await.unwrap()
 }
 
 async fn scrape(addr: &str) -> std::collections::HashMap<String, f64> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.unwrap();
-    let (head, text) = body.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200 OK") && head.contains("text/plain; version=0.0.4"), "{head}");
-    // The exposition format: comment lines, then `name value` samples.
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (name, value) = l.split_once(' ').unwrap_or_else(|| panic!("malformed sample line {l:?}"));
-            (name.to_string(), value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {l:?}")))
-        })
-        .collect()
+    // Unlabelled series by name (the emulator's statistics have no labels).
+    splitinfer_tests::scrape(addr).await.into_iter().filter(|s| s.labels.is_empty()).map(|s| (s.name, s.value)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

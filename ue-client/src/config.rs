@@ -61,6 +61,10 @@ pub struct UeConfig {
     /// How many times faster the edge runs a layer than this UE (cost model).
     #[arg(long, env = "UE_EDGE_SPEEDUP", default_value_t = 1.0)]
     pub edge_speedup: f64,
+    /// Serve Prometheus metrics (OpenMetrics text) on this address while generating, e.g.
+    /// 127.0.0.1:9093.
+    #[arg(long, env = "UE_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Largest gRPC message sent or accepted.
     #[arg(long, env = "UE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,

@@ -4,9 +4,11 @@
 //! - [`generate`]: one generation session over a gRPC stream: prefill and then one step per
 //!   token through layers `0..k` here (on a blocking thread, off the async runtime), the hidden
 //!   state to the edge, token ids back; per-token timings and bytes.
-//! - [`report`]: the per-token timing breakdown and its summary.
+//! - [`report`]: the per-token timing breakdown and its summary; [`metrics`]: the same as
+//!   Prometheus histograms on `--metrics-listen`.
 
 pub mod config;
+pub mod metrics;
 pub mod report;
 
 use std::sync::Arc;
@@ -289,6 +291,7 @@ pub async fn generate_adaptive(
                     hidden: Some(hidden.into()),
                     ue_compute_us: took.as_micros() as u64,
                     erasure_mask: Default::default(),
+                    uplink_delay_us: 0,
                 })),
             };
             sent_at = Instant::now();
@@ -301,6 +304,11 @@ pub async fn generate_adaptive(
         };
         let rtt = sent_at.elapsed();
         let edge = Duration::from_micros(t.edge_queue_us + t.edge_compute_us);
+        let network_us = rtt.saturating_sub(edge).as_micros() as u64;
+        // The emulator reports the air time it held each direction for; the rest of the network
+        // time (serialization, TCP, the proxy's own work) cannot be split by one clock, so each
+        // direction is given half of it.
+        let transport_us = network_us.saturating_sub(t.uplink_delay_us + t.downlink_delay_us);
         let event = TokenEvent {
             id: t.id,
             logprob: t.logprob,
@@ -308,10 +316,14 @@ pub async fn generate_adaptive(
             k: split.k,
             epoch: split.epoch,
             ue_compute_us: ue_compute.as_micros() as u64,
-            network_us: rtt.saturating_sub(edge).as_micros() as u64,
+            network_us,
+            uplink_us: t.uplink_delay_us + transport_us / 2,
+            downlink_us: t.downlink_delay_us + transport_us - transport_us / 2,
             edge_queue_us: t.edge_queue_us,
             edge_compute_us: t.edge_compute_us,
+            edge_batch: t.batch.max(1),
             bytes_up: step_bytes,
+            bytes_down: t.encoded_len() as u64,
         };
         on_token(&event);
         tokens.push(event);

@@ -12,7 +12,7 @@ use ue_client::{GenerateRequest, UeConfig};
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = UeConfig::parse();
-    split_core::telemetry::init(config.log_json);
+    splitinfer_telemetry::init(config.log_json);
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -73,7 +73,16 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         Some(f) => f,
         None => &ue_client::FixedSplit,
     };
+    let metrics = ue_client::metrics::UeMetrics::new();
+    if let Some(addr) = config.metrics_listen {
+        let m = metrics.clone();
+        splitinfer_telemetry::metrics::start(Some(addr), std::sync::Arc::new(move || m.text()), stop.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
+    let mut first = true;
     let report = ue_client::generate_adaptive(&mut client, model, req, source, |t| {
+        metrics.token(t, std::mem::take(&mut first));
         if json || tokenizer.is_eos(t.id) {
             return;
         }
@@ -84,6 +93,9 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         }
     })
     .await?;
+    for m in &report.migrations {
+        metrics.split_change(m);
+    }
     if follower.is_some() {
         // The last acknowledgement goes out in the background: give it a moment before exiting.
         tokio::time::sleep(Duration::from_millis(100)).await;

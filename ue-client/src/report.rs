@@ -3,7 +3,9 @@
 use serde::Serialize;
 
 /// One generated token and what it cost. The network share is the round trip minus the edge's
-/// own queue and compute time: serialization, the emulated air time and transport, both ways.
+/// own queue and compute time. It splits into uplink and downlink: each direction's emulated air
+/// time as the emulator reports it, plus half of the rest (serialization, transport, the proxy's
+/// own work), which one clock cannot attribute to a direction.
 #[derive(Debug, Clone, Serialize)]
 pub struct TokenEvent {
     pub id: u32,
@@ -15,9 +17,14 @@ pub struct TokenEvent {
     pub epoch: u64,
     pub ue_compute_us: u64,
     pub network_us: u64,
+    pub uplink_us: u64,
+    pub downlink_us: u64,
     pub edge_queue_us: u64,
     pub edge_compute_us: u64,
+    /// Sessions the edge ran this decode step together with (1 = alone).
+    pub edge_batch: u32,
     pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 /// One live split change and what it cost.
@@ -81,11 +88,12 @@ impl GenerationReport {
         ));
         out.push_str("phase    part          mean ms    p50 ms    p95 ms\n");
         type Part = (&'static str, fn(&TokenEvent) -> u64);
-        let parts: [Part; 4] = [
+        let parts: [Part; 5] = [
             ("ue compute", |t| t.ue_compute_us),
-            ("network", |t| t.network_us),
+            ("uplink", |t| t.uplink_us),
             ("edge queue", |t| t.edge_queue_us),
             ("edge compute", |t| t.edge_compute_us),
+            ("downlink", |t| t.downlink_us),
         ];
         for (phase, events) in [("prefill", std::slice::from_ref(prefill)), ("decode", decode)] {
             if events.is_empty() {

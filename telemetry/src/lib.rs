@@ -1,0 +1,38 @@
+//! What every splitinfer process shares and that has nothing to do with the model: the logging
+//! setup, the shutdown signal, and the Prometheus text endpoint ([`metrics`]). Lean on purpose: the
+//! agent links it without pulling in candle.
+
+pub mod metrics;
+
+use tracing_subscriber::EnvFilter;
+
+/// Logging: `RUST_LOG` filters (default `info`), logs go to stderr so stdout stays the program's
+/// output, and `json` switches to one JSON object per line.
+pub fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A second init (tests starting several services in one process) is harmless: ignore it.
+    let _ = if json { builder.json().try_init() } else { builder.compact().try_init() };
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM (what `docker stop` sends).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        () = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
