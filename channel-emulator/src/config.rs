@@ -36,6 +36,10 @@ pub struct EmulatorConfig {
     /// --channel-seed. Implies --channel.
     #[arg(long, env = "EMU_MOBILITY", value_parser = ["pedestrian", "vehicular"])]
     pub mobility: Option<String>,
+    /// After SIGTERM/SIGINT, relayed streams are ended and the emulator waits this long for its
+    /// connections to close before exiting anyway.
+    #[arg(long, env = "EMU_GRACE_PERIOD_MS", default_value_t = 5_000)]
+    pub grace_period_ms: u64,
     /// Messages in the statistics' sliding window.
     #[arg(long, env = "EMU_STATS_WINDOW", default_value_t = 200)]
     pub stats_window: usize,

@@ -95,7 +95,7 @@ pub async fn run_with_metrics(
         .max_encoding_message_size(config.max_message_bytes);
     tracing::info!(addr = %listener.local_addr()?, edge = %config.edge, "channel emulator listening");
     let stop = token.clone();
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -104,8 +104,22 @@ pub async fn run_with_metrics(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             stop.cancel();
-        })
-        .await?;
+        });
+    // Relayed streams end with UNAVAILABLE at shutdown, but a peer that vanished (its host gone)
+    // never closes its connection: after the grace period the emulator exits anyway.
+    let grace = std::time::Duration::from_millis(config.grace_period_ms);
+    let watchdog = {
+        let token = token.clone();
+        async move {
+            token.cancelled().await;
+            tokio::time::sleep(grace).await;
+        }
+    };
+    tokio::select! {
+        r = server => r?,
+        () = watchdog => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over with connections still open; exiting"),
+    }
+    token.cancel();
     tracing::info!("channel emulator stopped");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `splitinfer`: the researcher's command line. Fetch the assets, generate text and measure
 //! perplexity with the model whole or split at layer `k`, all in one process; and talk to a
-//! running agent ([`agent`]: status, overrides).
+//! running agent ([`agent`]: status, overrides) and probe any service's health ([`health`]).
 
 mod agent;
 mod figure;

@@ -1,0 +1,282 @@
+//! The docker-compose testbed (`deploy/`): the image built with no registry from the release
+//! binaries next to this test, the four services up under the alternating scenario, a UE that
+//! completes a generation with live split changes, the agent's decisions read over gRPC from
+//! outside the containers, and a UE that fails promptly, saying why, when the edge is stopped
+//! under it. Needs a Docker engine and docker-compose; where either is missing the test says so
+//! and skips. The other tests here check the compose file and the emulator's entrypoint without
+//! Docker.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use splitinfer_proto::v1 as pb;
+use splitinfer_tests::{default_model, workspace_binary};
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Why this machine cannot run the testbed, if it cannot.
+fn docker_missing() -> Option<String> {
+    match Command::new("docker-compose").arg("version").output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => return Some(format!("`docker-compose version` failed: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => return Some(format!("docker-compose is not installed ({e})")),
+    }
+    match Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output() {
+        Ok(o) if o.status.success() => None,
+        Ok(o) => Some(format!("no Docker engine answers `docker info`: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Some(format!("the docker command is not installed ({e})")),
+    }
+}
+
+/// Runs `cmd` to completion within `limit`, killing it and failing the test otherwise.
+fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let pipe = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = pipe(Box::new(child.stdout.take().unwrap()));
+    let err = pipe(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// One compose project; `down -v` on drop, panics included, after printing the services' logs
+/// when the test is failing.
+struct Testbed {
+    project: String,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Testbed {
+    fn compose(&self) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("-f").arg(deploy_dir().join("docker-compose.yml")).args(["-p", &self.project, "--ansi", "never"]);
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    /// `docker-compose ARGS`, which must succeed within `limit`; its stdout.
+    fn ok(&self, args: &[&str], limit: Duration) -> String {
+        let o = output_within(self.compose().args(args), limit);
+        assert!(o.status.success(), "docker-compose {} failed:\n{}{}", args.join(" "), text(&o.stdout), text(&o.stderr));
+        text(&o.stdout)
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(o) = self.compose().args(["logs", "--no-color", "--tail", "40"]).output()
+        {
+            eprintln!("--- testbed logs (last 40 lines per service) ---\n{}{}", text(&o.stdout), text(&o.stderr));
+        }
+        let _ = self.compose().args(["down", "-v", "--remove-orphans", "-t", "3"]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+fn docker(args: &[&str], limit: Duration) -> Output {
+    output_within(Command::new("docker").args(args), limit)
+}
+
+/// `docker wait`: the container's exit code once it has stopped.
+fn exit_code(container: &str, limit: Duration) -> i64 {
+    let o = docker(&["wait", container], limit);
+    assert!(o.status.success(), "docker wait {container}: {}", text(&o.stderr));
+    text(&o.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn compose_testbed_adapts_the_split_and_fails_cleanly_without_the_edge() {
+    if let Some(reason) = docker_missing() {
+        eprintln!("SKIPPED compose_testbed: {reason}");
+        return;
+    }
+    let started = Instant::now();
+    let model = default_model();
+    let cache = model.parent().and_then(Path::parent).unwrap();
+    let model_file = model.strip_prefix(cache).unwrap().to_str().unwrap().to_string();
+    let bin_dir = workspace_binary("edge-server").parent().unwrap().to_path_buf();
+    for b in ["channel-emulator", "agent", "ue-client", "splitinfer"] {
+        workspace_binary(b);
+    }
+
+    // The image, from the binaries next to this test (cargo holds the build lock while tests
+    // run, so the script must not call cargo).
+    let o = output_within(
+        Command::new(deploy_dir().join("build-images.sh")).args(["--no-cargo", "--bin-dir"]).arg(&bin_dir),
+        Duration::from_secs(300),
+    );
+    assert!(o.status.success(), "deploy/build-images.sh failed:\n{}{}", text(&o.stdout), text(&o.stderr));
+    eprint!("{}", text(&o.stderr));
+    eprintln!("compose: image ready after {:.1} s", started.elapsed().as_secs_f64());
+
+    let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+    let tokens = 150;
+    let tb = Testbed {
+        project: format!("si-compose-{}-{unix_ms}", std::process::id()),
+        env: vec![
+            ("SPLITINFER_CACHE", cache.to_str().unwrap().to_string()),
+            ("MODEL_FILE", model_file),
+            ("SCENARIO", "alternating".into()),
+            ("EMU_ALTERNATE_MS", "1000".into()),
+            // Any free port on 127.0.0.1: several testbeds (and the demo scripts) can coexist.
+            ("EMU_PORT", "0".into()),
+            ("EMU_METRICS_PORT", "0".into()),
+            ("AGENT_PORT", "0".into()),
+            ("UE_MAX_NEW_TOKENS", tokens.to_string()),
+            ("UE_JSON", "true".into()),
+        ],
+    };
+
+    // Up: edge, emulator, agent (each healthy before the next), then the UE.
+    tb.ok(&["up", "-d"], Duration::from_secs(240));
+    eprintln!("compose: testbed up after {:.1} s", started.elapsed().as_secs_f64());
+    let ue = tb.ok(&["ps", "-q", "ue"], Duration::from_secs(30)).trim().to_string();
+    assert!(!ue.is_empty(), "no ue container");
+    let code = exit_code(&ue, Duration::from_secs(180));
+    let logs = docker(&["logs", &ue], Duration::from_secs(30));
+    assert_eq!(code, 0, "the UE failed:\n{}{}", text(&logs.stdout), text(&logs.stderr));
+    eprintln!("compose: UE done after {:.1} s", started.elapsed().as_secs_f64());
+    let report: serde_json::Value = serde_json::from_slice(&logs.stdout)
+        .unwrap_or_else(|e| panic!("the UE's stdout is not its JSON report ({e}):\n{}", text(&logs.stdout)));
+    let generated = report["tokens"].as_array().unwrap().len();
+    assert!(generated == tokens || report["stopped_at_eos"] == true, "{generated} tokens of {tokens}: {report}");
+    assert!(!report["text"].as_str().unwrap().trim().is_empty(), "{report}");
+    let migrations: Vec<(u64, u64)> = report["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["to"].as_u64().unwrap(), m["epoch"].as_u64().unwrap()))
+        .collect();
+    assert!(!migrations.is_empty(), "no split change under the alternating scenario: {report}");
+    eprintln!("compose: {generated} tokens, split changes (k, epoch): {migrations:?}");
+
+    // The agent's status, over gRPC through the port published on 127.0.0.1.
+    let port = tb.ok(&["port", "agent", "50053"], Duration::from_secs(30)).trim().to_string();
+    assert!(port.starts_with("127.0.0.1:"), "the agent's port is published on {port:?}, not on 127.0.0.1 only");
+    let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut client = pb::agent_client::AgentClient::connect(format!("http://{port}")).await.unwrap();
+        client.status(pb::StatusRequest { history: 0 }).await.unwrap().into_inner()
+    });
+    let history: Vec<(u64, u64)> =
+        status.history.iter().map(|d| d.split.map(|s| (u64::from(s.k), s.epoch)).unwrap()).collect();
+    assert!(history.windows(2).all(|w| w[0].1 < w[1].1), "epochs do not increase: {history:?}");
+    let ks: BTreeSet<u64> = history.iter().map(|h| h.0).collect();
+    assert!(ks.len() >= 2, "the agent never changed k under the alternating scenario: {history:?}");
+    for m in &migrations {
+        assert!(history.contains(m), "the UE moved to k={} at epoch {}, which the agent's history lacks: {history:?}", m.0, m.1);
+    }
+    let edge = status.subscribers.iter().find(|s| s.role == pb::Role::Edge as i32);
+    assert!(edge.is_some_and(|e| e.connected && e.acked_epoch > 0), "the edge does not follow the agent: {:?}", status.subscribers);
+    let ue_sub = status.subscribers.iter().find(|s| s.role == pb::Role::Ue as i32);
+    assert!(ue_sub.is_some_and(|u| u.acked_epoch >= migrations.last().unwrap().1), "the UE's acks are missing: {:?}", status.subscribers);
+    eprintln!("compose: agent history (k, epoch): {history:?}");
+
+    // Another UE, long enough to be mid-generation; then the edge is stopped (SIGTERM, drain).
+    let run = tb.ok(&["run", "-d", "-e", "UE_JSON=false", "-e", "UE_MAX_NEW_TOKENS=4000", "ue"], Duration::from_secs(60));
+    let ue2 = run.lines().last().unwrap().trim().to_string();
+    let prompt_len = "The history of the old harbour town begins with the fishermen who".len();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let o = docker(&["logs", &ue2], Duration::from_secs(30));
+        if o.stdout.len() > prompt_len + 40 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second UE printed no text within 90 s:\n{}{}", text(&o.stdout), text(&o.stderr));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let stopping = Instant::now();
+    tb.ok(&["stop", "edge"], Duration::from_secs(60));
+    let code = exit_code(&ue2, Duration::from_secs(30));
+    let failed_after = stopping.elapsed();
+    let logs = docker(&["logs", &ue2], Duration::from_secs(30));
+    let err = text(&logs.stderr);
+    assert_ne!(code, 0, "the UE did not fail when the edge went away:\n{}{err}", text(&logs.stdout));
+    let last = err.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line from the UE:\n{err}"));
+    let lower = last.to_lowercase();
+    assert!(lower.contains("edge") && (lower.contains("unavailable") || lower.contains("shutting down")), "unclear: {last}");
+    assert!(failed_after < Duration::from_secs(30), "the UE took {failed_after:?} to fail");
+    eprintln!("compose: with the edge stopped the UE exited {code} after {:.1} s: {last}", failed_after.as_secs_f64());
+    drop(tb);
+    eprintln!("compose: done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Every option of every service is an environment variable of the compose file, apart from the
+/// ones the testbed sets from its own variables.
+#[test]
+fn every_option_is_a_compose_variable() {
+    let compose = std::fs::read_to_string(deploy_dir().join("docker-compose.yml")).unwrap();
+    let keys: BTreeSet<&str> = compose.lines().filter_map(|l| l.trim().split_once(':').map(|(k, _)| k)).collect();
+    // MODEL_FILE picks the file for both the edge and the UE (EDGE_MODEL, UE_MODEL).
+    let by_the_testbed = ["EDGE_MODEL_NAME", "UE_MODEL_NAME"];
+    let mut missing = Vec::new();
+    for bin in ["edge-server", "channel-emulator", "agent", "ue-client"] {
+        let help = Command::new(workspace_binary(bin)).arg("--help").output().unwrap();
+        let help = text(&help.stdout);
+        let vars: Vec<&str> = help.split("[env: ").skip(1).map(|s| s.split(['=', ']']).next().unwrap()).collect();
+        assert!(vars.len() >= 5, "no [env: ...] in {bin} --help:\n{help}");
+        missing.extend(vars.into_iter().filter(|v| !keys.contains(v) && !by_the_testbed.contains(v)).map(|v| format!("{bin}: {v}")));
+    }
+    assert!(missing.is_empty(), "options missing from deploy/docker-compose.yml: {missing:?}");
+}
+
+/// The emulator's entrypoint turns SCENARIO into the emulator's flags, and only that scenario's.
+#[test]
+fn the_emulator_entrypoint_maps_each_scenario() {
+    let dir = std::env::temp_dir().join(format!("si-entrypoint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A stand-in emulator that prints its flags and the scenario variables it was given.
+    let fake = dir.join("channel-emulator");
+    std::fs::write(&fake, "#!/bin/sh\necho \"$* | ${EMU_ALTERNATE_MS-} ${EMU_MOBILITY-} ${EMU_TRACE-}\"\n").unwrap();
+    assert!(Command::new("chmod").arg("+x").arg(&fake).status().unwrap().success());
+    let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+    let run = |scenario: &str| {
+        let o = Command::new("sh")
+            .arg(deploy_dir().join("emulator-entrypoint.sh"))
+            .arg("--stats-window")
+            .arg("8")
+            .env("PATH", &path)
+            .env("SCENARIO", scenario)
+            .env("EMU_ALTERNATE_MS", "900")
+            .env("EMU_MOBILITY", "vehicular")
+            .env("EMU_TRACE", "/t.csv")
+            .output()
+            .unwrap();
+        (o.status.code(), text(&o.stdout).trim().to_string(), text(&o.stderr))
+    };
+    assert_eq!(run("clean").1, "--stats-window 8 |");
+    assert_eq!(run("good").1, "--channel --preset good --stats-window 8 |");
+    assert_eq!(run("bad").1, "--channel --preset bad --stats-window 8 |");
+    assert_eq!(run("alternating").1, "--alternate-ms 900 --stats-window 8 |");
+    assert_eq!(run("mobility").1, "--preset good --mobility vehicular --stats-window 8 |");
+    assert_eq!(run("trace").1, "--preset good --trace /t.csv --stats-window 8 |");
+    let (code, _, err) = run("storm");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("SCENARIO=storm is not one of"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
