@@ -32,7 +32,6 @@ use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::agent_server::AgentServer;
 use splitinfer_proto::v1::edge_client::EdgeClient;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -89,7 +88,7 @@ pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Futu
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(agent)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { stop.cancelled().await });
+        .serve_with_incoming_shutdown(splitinfer_telemetry::incoming(listener), async move { stop.cancelled().await });
     let watchdog = {
         let token = token.clone();
         async move {

@@ -23,7 +23,6 @@ use splitinfer_proto::v1::edge_client::EdgeClient;
 use splitinfer_proto::v1::edge_server::EdgeServer;
 use splitinfer_proto::v1::emulator_server::EmulatorServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -101,7 +100,7 @@ pub async fn run_with_metrics(
         .add_service(reflection_v1alpha)
         .add_service(proxy)
         .add_service(emulator_api)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(splitinfer_telemetry::incoming(listener), async move {
             shutdown.await;
             stop.cancel();
         });

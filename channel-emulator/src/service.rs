@@ -79,18 +79,19 @@ impl Edge for Proxy {
                                     }
                                     let started = std::time::Instant::now();
                                     let (kind, delay) = match msg.kind.as_mut() {
-                                        Some(pb::ue_message::Kind::Activation(a)) => {
-                                            let d = link::on_activation(link.as_mut(), &mut stats, a, &shared);
-                                            a.uplink_delay_us = d.as_micros() as u64;
-                                            ("activation", d)
-                                        }
+                                        Some(pb::ue_message::Kind::Activation(a)) => ("activation", link::on_activation(link.as_mut(), &mut stats, a, &shared)),
                                         Some(pb::ue_message::Kind::Migrate(m)) => ("migrate", link::on_migrate(link.as_mut(), &mut stats, m, &shared)),
                                         _ => ("open", std::time::Duration::ZERO),
                                     };
                                     shared.relay.processed(kind, started.elapsed());
                                     if !delay.is_zero() {
-                                        shared.relay.held("up", delay);
-                                        tokio::time::sleep(delay).await;
+                                        // Report what was really held: the timer's overshoot
+                                        // (it ticks in milliseconds) is part of the delay.
+                                        let held = hold(delay).await;
+                                        shared.relay.held("up", held);
+                                        if let Some(pb::ue_message::Kind::Activation(a)) = msg.kind.as_mut() {
+                                            a.uplink_delay_us = held.as_micros() as u64;
+                                        }
                                     }
                                     if to_edge.send(msg).await.is_err() {
                                         break;
@@ -144,10 +145,10 @@ impl Edge for Proxy {
                                         let bits = (prost::Message::encoded_len(m) * 8) as f64;
                                         delay += std::time::Duration::from_secs_f64(c.link.serialization_s(bits, 10f64.powf(c.snr_db / 10.0)));
                                     }
-                                    down_shared.relay.held("down", delay);
-                                    tokio::time::sleep(delay).await;
+                                    let held = hold(delay).await;
+                                    down_shared.relay.held("down", held);
                                     if let Some(pb::edge_message::Kind::Token(t)) = msg.kind.as_mut() {
-                                        t.downlink_delay_us = delay.as_micros() as u64;
+                                        t.downlink_delay_us = held.as_micros() as u64;
                                     }
                                 }
                                 if to_ue.send(Ok(msg)).await.is_err() {
@@ -171,4 +172,11 @@ impl Edge for Proxy {
     async fn info(&self, request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
         self.upstream.clone().info(request.into_inner()).await
     }
+}
+
+/// Holds a message for `delay`; returns how long it really was held.
+async fn hold(delay: std::time::Duration) -> std::time::Duration {
+    let started = std::time::Instant::now();
+    tokio::time::sleep(delay).await;
+    started.elapsed()
 }

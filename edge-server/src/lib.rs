@@ -21,7 +21,6 @@ use std::sync::Arc;
 use split_core::bundle::LoadedModel;
 use splitinfer_proto::v1::edge_server::EdgeServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::EdgeConfig;
@@ -102,7 +101,7 @@ pub async fn run_with_metrics(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(edge)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(splitinfer_telemetry::incoming(listener), async move {
             shutdown.await;
             // Ends every open session with UNAVAILABLE so their streams, and then the server, finish.
             stop.cancel();

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The benchmark suite: builds the release binaries, then measures on this machine (a few minutes)
+# and writes docs/benchmarks.md with the machine's description and every target marked met or
+# missed. Run it on an otherwise idle machine: it reports the load average it started with.
+#
+#   scripts/bench.sh [OUT.md]
+#
+# llama.cpp is measured as the reference for raw model speed when scripts/install-llamacpp.sh has
+# installed it (into the asset cache); otherwise the table says it was not measured.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="${1:-docs/benchmarks.md}"
+bin="${CARGO_TARGET_DIR:-target}/release"
+echo "bench: building..." >&2
+cargo build --release -q -p edge-server -p splitinfer -p splitinfer-tests --bin bench --bin edge-server --bin splitinfer
+"$bin/splitinfer" fetch-assets >/dev/null
+RUST_LOG="${RUST_LOG:-warn}" "$bin/bench" "$out" >/dev/null
+echo "bench: see $out" >&2
