@@ -14,6 +14,8 @@ shift || true
 edge_port="${EDGE_PORT:-50051}"
 emu_port="${EMU_PORT:-50052}"
 bin="${CARGO_TARGET_DIR:-target}/release"
+# candle re-reads the CPU count on every f32 matmul unless this is set (~10% of a decode step).
+export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
 
 echo "demo: building (the first build compiles candle: several minutes)..." >&2
 cargo build --release -q -p edge-server -p channel-emulator -p ue-client -p splitinfer

@@ -199,7 +199,7 @@ impl SessionTask {
             let (prefill, step_k, step_epoch, enqueued) = (step.position < prompt_tokens, step.k, step.epoch, step.enqueued);
             let out = self.worker.step(step).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
             match &out {
-                Some(t) => self.metrics.step(prefill, t.queue, t.compute, 1),
+                Some(t) => self.metrics.step(prefill, t.queue, t.compute, t.batch),
                 // A prefill chunk before the last: the worker reports no split of its time.
                 None => self.metrics.step(prefill, std::time::Duration::ZERO, enqueued.elapsed(), 1),
             }
@@ -221,7 +221,7 @@ impl SessionTask {
                         eos: t.eos,
                         uplink_delay_us: std::mem::take(&mut uplink_delay_us),
                         downlink_delay_us: 0,
-                        batch: 1,
+                        batch: t.batch as u32,
                     }),
                 )
                 .await?;

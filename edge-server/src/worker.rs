@@ -1,6 +1,16 @@
 //! The model worker: one thread that owns every session's KV caches and runs all tensor math,
 //! driven by jobs over a channel with oneshot replies (an actor, like TGI's queue), so no tokio
 //! worker ever blocks on a forward pass.
+//!
+//! Decode steps of different sessions at the same split are batched: the worker takes whatever
+//! is queued (up to [`MAX_DRAIN`] jobs), checks each step on its own, and runs the single-row
+//! decode steps of each layer range as one forward pass ([`SplitModel::run_layers_batch`]),
+//! which gives every session exactly the bits it would get alone. A session's jobs keep their
+//! order; only jobs of different sessions may overtake each other.
+//!
+//! [`SplitModel::run_layers_batch`]: split_core::model::SplitModel::run_layers_batch
+
+mod batch;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -72,9 +82,16 @@ pub struct TokenOut {
     pub position: usize,
     pub id: u32,
     pub logprob: f32,
+    /// From enqueueing to the start of the step's computation (for a batched step, the batch's
+    /// start: the checks of the batch's members and jobs run before it count as queueing).
     pub queue: Duration,
+    /// The step's computation. A batched step reports the whole batch's time (layers, head and
+    /// sampling of every member), since the members share one forward pass: `queue + compute` is
+    /// the time the step spent in the worker either way.
     pub compute: Duration,
     pub eos: bool,
+    /// How many sessions' steps shared the forward pass that produced this token (1 if alone).
+    pub batch: usize,
 }
 
 /// Key/value entries of one layer on the wire.
@@ -115,6 +132,10 @@ pub struct Progress {
     pub finished: bool,
 }
 
+/// The most jobs the worker takes off its queue at once (by default), which bounds a batch: a
+/// batch waits for at most this many checks, and the queue behind it is served in bounded rounds.
+pub const MAX_DRAIN: usize = 32;
+
 enum Job {
     Open(OpenParams, oneshot::Sender<Result<Opened, EdgeError>>),
     Step(StepInput, oneshot::Sender<Result<Option<TokenOut>, EdgeError>>),
@@ -128,6 +149,19 @@ enum Job {
     Count(oneshot::Sender<usize>),
 }
 
+impl Job {
+    /// The session a job reads or changes, if it concerns an existing one.
+    fn session(&self) -> Option<&SessionId> {
+        match self {
+            Job::Open(p, _) => p.resume.as_ref(),
+            Job::Step(s, _) => Some(&s.session),
+            Job::Migrate(m, _) => Some(&m.session),
+            Job::Close(id) | Job::Detach(id) | Job::Progress(id, _) => Some(id),
+            Job::Expire(_) | Job::Count(_) => None,
+        }
+    }
+}
+
 /// Handle to the model worker thread; cheap to clone.
 #[derive(Clone)]
 pub struct Worker {
@@ -136,21 +170,20 @@ pub struct Worker {
 
 impl Worker {
     pub fn spawn(model: Arc<LoadedModel>, max_sessions: usize) -> std::io::Result<Self> {
+        Self::spawn_with_batch(model, max_sessions, MAX_DRAIN)
+    }
+
+    /// [`Worker::spawn`], taking at most `max_batch` queued jobs per round, which bounds a
+    /// batch's size; 1 steps every session alone, as the edge did before batching.
+    pub fn spawn_with_batch(model: Arc<LoadedModel>, max_sessions: usize, max_batch: usize) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
+        let take = max_batch.max(1) - 1;
         std::thread::Builder::new().name("edge-model".into()).spawn(move || {
-            let mut state = State {
-                model,
-                max_sessions,
-                sessions: HashMap::new(),
-                expired: VecDeque::new(),
-                next_id: 0,
-                salt: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64),
-            };
+            let mut state = State::new(model, max_sessions);
             // Ends when every handle is dropped.
             while let Ok(job) = rx.recv() {
-                state.handle(job);
+                let jobs: Vec<Job> = std::iter::once(job).chain(rx.try_iter().take(take)).collect();
+                state.handle_all(jobs);
             }
         })?;
         Ok(Self { tx })
@@ -224,7 +257,39 @@ struct State {
 
 const EXPIRED_MEMORY: usize = 4096;
 
+/// A step that passed [`State::check_step`].
+struct CheckedStep {
+    /// The activation, `[1, rows, hidden]`.
+    x: Tensor,
+    /// The session's position before the step.
+    position: usize,
+    rows: usize,
+    /// A single-row step after the prompt: it may share a forward pass.
+    decode: bool,
+    k: usize,
+}
+
+/// Samples a session's next token from its logits and counts it: `(id, logprob, eos)`.
+fn sample(sess: &mut Session, model: &LoadedModel, logits: &[f32]) -> Result<(u32, f32, bool), EdgeError> {
+    let sampled = sess.sampler.sample(logits)?;
+    sess.generated += 1;
+    let eos = model.tokenizer.is_eos(sampled.id);
+    sess.finished = eos || sess.generated >= sess.max_new_tokens;
+    Ok((sampled.id, sampled.logprob, eos))
+}
+
 impl State {
+    fn new(model: Arc<LoadedModel>, max_sessions: usize) -> Self {
+        Self {
+            model,
+            max_sessions,
+            sessions: HashMap::new(),
+            expired: VecDeque::new(),
+            next_id: 0,
+            salt: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        }
+    }
+
     fn handle(&mut self, job: Job) {
         match job {
             Job::Open(p, reply) => {
@@ -329,9 +394,32 @@ impl State {
         Ok(Opened { id, position: 0 })
     }
 
+    /// Runs one step on its own: checks, layers, and the head and sampling once the prompt is in.
     fn step(&mut self, s: StepInput) -> Result<Option<TokenOut>, EdgeError> {
         let queue = s.enqueued.elapsed();
         let started = Instant::now();
+        let checked = self.check_step(&s)?;
+        self.run_step(&s, checked, queue, started)
+    }
+
+    fn run_step(&mut self, s: &StepInput, checked: CheckedStep, queue: Duration, started: Instant) -> Result<Option<TokenOut>, EdgeError> {
+        let model = &self.model.model;
+        let sess = self.sessions.get_mut(&s.session).ok_or_else(|| EdgeError::Internal(format!("session {} vanished", s.session)))?;
+        let h = model.run_layers(&checked.x, &mut sess.cache)?;
+        sess.epoch = s.epoch;
+        sess.wire = s.hidden.dtype();
+        let end = checked.position + checked.rows;
+        if end < sess.prompt_tokens {
+            return Ok(None);
+        }
+        let logits = model.head_last(&h)?.to_vec1::<f32>()?;
+        let (id, logprob, eos) = sample(sess, &self.model, &logits)?;
+        Ok(Some(TokenOut { position: end, id, logprob, queue, compute: started.elapsed(), eos, batch: 1 }))
+    }
+
+    /// Every check of a step against its session, before anything changes: the same for a step
+    /// run alone and one that waits for a batch, so both refuse the same input with the same words.
+    fn check_step(&mut self, s: &StepInput) -> Result<CheckedStep, EdgeError> {
         let missing = self.missing(&s.session);
         let model = &self.model.model;
         let hidden_size = model.config().hidden_size;
@@ -402,26 +490,7 @@ impl State {
             return Err(EdgeError::InvalidArgument(format!("activation holds a non-finite value {v} at element {i}")));
         }
         let x = Tensor::from_vec(values, (1, rows, hidden_size), model.device())?;
-        let h = model.run_layers(&x, &mut sess.cache)?;
-        sess.epoch = s.epoch;
-        sess.wire = s.hidden.dtype();
-        let end = pos + rows;
-        if end < sess.prompt_tokens {
-            return Ok(None);
-        }
-        let logits = model.head_last(&h)?.to_vec1::<f32>()?;
-        let sampled = sess.sampler.sample(&logits)?;
-        sess.generated += 1;
-        let eos = self.model.tokenizer.is_eos(sampled.id);
-        sess.finished = eos || sess.generated >= sess.max_new_tokens;
-        Ok(Some(TokenOut {
-            position: end,
-            id: sampled.id,
-            logprob: sampled.logprob,
-            queue,
-            compute: started.elapsed(),
-            eos,
-        }))
+        Ok(CheckedStep { x, position: pos, rows, decode: prefill_left == 0, k: sess.split.k() })
     }
 
     /// Moves the split of a session at a token boundary: the layers that change sides leave or

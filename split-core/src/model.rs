@@ -3,10 +3,14 @@
 //! `embed` → `run_layers` over any contiguous range with that range's own [`KvCache`] →
 //! `head`. Running `0..k` then `k..L` executes exactly the operations of running `0..L`, so split
 //! inference with an f32 boundary is bit-identical to the monolithic model; the tests check it.
+//! `run_layers_batch` and `head_last_batch` take one decode step of several sessions in one pass
+//! over the weights, giving each session the bits it would get alone (`q4_1` holds the kernel
+//! that makes that fast).
 
 mod config;
 mod kv_cache;
 mod layer;
+mod q4_1;
 mod rope;
 
 use std::fs::File;
@@ -192,6 +196,53 @@ impl SplitModel {
         Ok(x)
     }
 
+    /// One decode step of several sessions at once: `hidden[i]` (`[1, 1, hidden]`) is the next
+    /// position of `caches[i]`. Every cache must cover the same layers; positions may differ.
+    /// Returns each session's output (`[1, 1, hidden]`) and advances each cache by one.
+    ///
+    /// The rows share the norms, projections and MLP (one weight pass for the whole batch) and
+    /// attend over their own caches on the shapes of [`SplitModel::run_layers`], so each output
+    /// equals stepping that session alone bit for bit. Everything is checked before any cache
+    /// changes.
+    pub fn run_layers_batch(&self, hidden: &[Tensor], caches: &mut [&mut KvCache]) -> Result<Vec<Tensor>> {
+        if hidden.len() != caches.len() {
+            return Err(Error::InvalidArgument(format!(
+                "a batched step needs one cache per activation, got {} activations and {} caches",
+                hidden.len(),
+                caches.len()
+            )));
+        }
+        let Some(first) = caches.first() else { return Ok(Vec::new()) };
+        let range = first.range();
+        self.check_range(&range)?;
+        for (i, (h, cache)) in hidden.iter().zip(caches.iter()).enumerate() {
+            if cache.range() != range {
+                return Err(Error::InvalidArgument(format!(
+                    "a batched step needs every cache on the same layers: session 0 runs layers {range:?} but session {i} runs {:?}",
+                    cache.range()
+                )));
+            }
+            let seq = self.check_hidden(h)?;
+            if seq != 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "a batched step takes one row per session, session {i} has {seq}"
+                )));
+            }
+            let needed = cache.position() + 1;
+            if needed > self.config.context_length {
+                return Err(Error::ContextTooLong { needed, limit: self.config.context_length });
+            }
+        }
+        let mut x = Tensor::cat(hidden, 0)?;
+        for layer in &self.layers[range] {
+            x = layer.forward_batch(&x, &self.config, &self.rope, caches)?;
+        }
+        for cache in caches.iter_mut() {
+            cache.advance(1)?;
+        }
+        (0..hidden.len()).map(|i| Ok(x.narrow(0, i, 1)?)).collect()
+    }
+
     /// Final norm and LM head on every position: `[1, seq, hidden]` → `[seq, vocab]` logits.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.check_hidden(hidden)?;
@@ -204,6 +255,24 @@ impl SplitModel {
         let seq = self.check_hidden(hidden)?;
         let last = hidden.narrow(1, seq - 1, 1)?;
         Ok(self.head(&last)?.i(0)?)
+    }
+
+    /// [`SplitModel::head_last`] of several sessions with one pass over the head's weights:
+    /// `[vocab]` logits per session, each bit-identical to its own `head_last`.
+    pub fn head_last_batch(&self, hidden: &[Tensor]) -> Result<Vec<Tensor>> {
+        if hidden.is_empty() {
+            return Ok(Vec::new());
+        }
+        let last = hidden
+            .iter()
+            .map(|h| {
+                let seq = self.check_hidden(h)?;
+                Ok(h.narrow(1, seq - 1, 1)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let x = Tensor::cat(&last, 0)?.squeeze(1)?;
+        let logits = layer::matmul_rows(&self.lm_head, &self.final_norm.forward(&x)?)?;
+        (0..hidden.len()).map(|i| Ok(logits.i(i)?)).collect()
     }
 
     fn check_range(&self, range: &Range<usize>) -> Result<()> {
@@ -266,6 +335,6 @@ impl<R: Read + Seek> Loader<'_, R> {
         let weight = QMatMul::from_qtensor(q)?;
         let bias_name = format!("{prefix}.bias");
         let bias = if self.content.tensor_infos.contains_key(&bias_name) { Some(self.dense(&bias_name)?) } else { None };
-        Ok(Linear { weight, dense, bias })
+        Ok(Linear { weight, dense, bias, packed: std::sync::OnceLock::new() })
     }
 }
