@@ -447,8 +447,8 @@ async fn main() -> Result<()> {
         }
     }
     bed.shutdown().await;
-    targets.push(format!("| networked decode ≥ 0.95× monolithic | worst {:.2}× | {} |", worst.1, met(worst.1 >= 0.95)));
-    targets.push(format!("| networked prefill ≥ 0.9× monolithic | worst {:.2}× | {} |", worst.0, met(worst.0 >= 0.9)));
+    let gap_ms = (1.0 / (worst.1 * mono.decode) - 1.0 / mono.decode) * 1e3;
+    targets.push(format!("| networked prefill ≥ 0.9× monolithic | worst {:.2}× | {} | |", worst.0, met(worst.0 >= 0.9)));
 
     // 2. The emulator's own latency.
     eprintln!("bench: 2/6 emulator latency");
@@ -475,7 +475,20 @@ async fn main() -> Result<()> {
             )?;
         }
     }
-    targets.push(format!("| emulator pass-through p50 ≤ 100 µs per decode message | {decode_added_p50:.0} µs | {} |", met(decode_added_p50 <= 100.0)));
+    targets.insert(
+        0,
+        format!(
+            "| networked decode ≥ 0.95× monolithic | worst {:.2}× | {} | {} |",
+            worst.1,
+            met(worst.1 >= 0.95),
+            if worst.1 >= 0.95 {
+                String::new()
+            } else {
+                format!("{gap_ms:.1} ms more per token in the worst run; the emulator adds {decode_added_p50:.0} µs of it (section 2); the rest (two gRPC hops, UE and edge on separate threads sharing 2 cores, per-step hand-offs) is not profiled yet")
+            }
+        ),
+    );
+    targets.push(format!("| emulator pass-through p50 ≤ 100 µs per decode message | {decode_added_p50:.0} µs | {} | |", met(decode_added_p50 <= 100.0)));
 
     // 3. Concurrency.
     eprintln!("bench: 3/6 concurrent sessions");
@@ -496,7 +509,11 @@ async fn main() -> Result<()> {
         writeln!(md, "| {} | {:.1} | {:.2} | {:.1} | {:.1} |", c.sessions, c.tokens_per_s, c.tokens_per_s / single, c.p50_ms, c.p99_ms)?;
     }
     bed.shutdown().await;
-    targets.push(format!("| 16 sessions ≥ 2× one session's decode throughput | {:.2}× | {} |", sixteen / single, met(sixteen / single >= 2.0)));
+    targets.push(format!(
+        "| 16 sessions ≥ 2× one session's decode throughput | {:.2}× | {} | the UEs run in this process on the same 2 cores; the edge alone does 3.5× (split-core/examples/batch_bench.rs) |",
+        sixteen / single,
+        met(sixteen / single >= 2.0)
+    ));
 
     // 4. Memory.
     eprintln!("bench: 4/6 edge memory");
@@ -536,15 +553,24 @@ async fn main() -> Result<()> {
         Some(v) => {
             let (p, d) = (v["prefill_tok_s"].as_f64().unwrap_or(f64::NAN), v["decode_tok_s"].as_f64().unwrap_or(f64::NAN));
             writeln!(md, "| llama.cpp (llama-cpp-python {}) | {p:.1} | {d:.1} |", v["llama_cpp_python"].as_str().unwrap_or("?"))?;
-            targets.push(format!("| raw decode at least as fast as llama.cpp | {:.2}× | {} |", ours.decode / d, met(ours.decode >= d)));
+            targets.push(format!(
+                "| raw decode at least as fast as llama.cpp | {:.2}× | {} | {} |",
+                ours.decode / d,
+                met(ours.decode >= d),
+                if ours.decode >= d {
+                    ""
+                } else {
+                    "candle's Q4_1 CPU kernel is ~75% of a decode step (per-part timing in split-core/examples/batch_bench.rs) at ~6 GMAC/s; llama.cpp's AVX2/VNNI Q4_1 dot product is far faster. Our packed Q4_1 kernel (bit-identical, used for batches) could serve single rows too: not done yet"
+                }
+            ));
         }
         None => {
             writeln!(md, "| llama.cpp | not installed here (`scripts/install-llamacpp.sh`) | |")?;
-            targets.push("| raw decode at least as fast as llama.cpp | not measured: llama.cpp not installed | — |".into());
+            targets.push("| raw decode at least as fast as llama.cpp | not measured: llama.cpp not installed | — | |".into());
         }
     }
 
-    writeln!(md, "\n## Targets\n\n| target | measured | |\n|---|---|---|")?;
+    writeln!(md, "\n## Targets\n\n| target | measured | | what limits it |\n|---|---|---|---|")?;
     for t in &targets {
         writeln!(md, "{t}")?;
     }
