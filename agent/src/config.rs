@@ -99,6 +99,9 @@ pub struct AgentConfig {
     /// Decisions kept for the status API.
     #[arg(long, env = "AGENT_HISTORY", default_value_t = 256)]
     pub history: usize,
+    /// Serve Prometheus metrics (OpenMetrics text) on this address, e.g. 0.0.0.0:9103.
+    #[arg(long, env = "AGENT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "AGENT_LOG_JSON")]
     pub log_json: bool,
@@ -123,6 +126,7 @@ impl AgentConfig {
             hysteresis_db: 1.0,
             control_token: None,
             history: 256,
+            metrics_listen: None,
             log_json: false,
         }
     }

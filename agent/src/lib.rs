@@ -8,6 +8,7 @@
 //!   acknowledgements and history.
 //! - [`stats`]: the client of the emulator's statistics stream, reconnecting with backoff.
 //! - [`service`]: the `splitinfer.v1.Agent` gRPC service.
+//! - [`metrics`]: the Prometheus metrics on `--metrics-listen`.
 //! - [`follow`]: the subscriber side, [`Follower`], used by the UE and the edge.
 //! - [`error`]: configuration errors, and request errors with their one mapping to gRPC codes.
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.
@@ -18,6 +19,7 @@ pub mod backoff;
 pub mod config;
 pub mod error;
 pub mod follow;
+pub mod metrics;
 pub mod observation;
 pub mod policy;
 pub mod service;
@@ -68,6 +70,8 @@ pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Futu
     let rules = Rules { min_dwell: config.min_dwell(), confirm: config.confirm };
     let state = Arc::new(Shared::new(AgentState::new(policy, n_layers, rules, config.history)));
     let stats = tokio::spawn(stats::watch(config.emulator.clone(), config.stats_period_ms, state.clone(), token.clone()));
+    let metrics_state = state.clone();
+    splitinfer_telemetry::metrics::start(config.metrics_listen, Arc::new(move || metrics::render(&metrics_state)), token.clone()).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;

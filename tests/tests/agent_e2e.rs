@@ -55,6 +55,9 @@ async fn decisions_follow_the_channel_and_both_sides_acknowledge() {
     config.k = None;
     config.thresholds = Some(thresholds());
     config.min_dwell_ms = 300;
+    // (A port picked then released: the agent binds its metrics listener from its configuration.)
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    config.metrics_listen = Some(metrics_addr);
     let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn(agent::run(agent_listener, config, async move {
         let _ = stopped.await;
@@ -125,6 +128,14 @@ async fn decisions_follow_the_channel_and_both_sides_acknowledge() {
     let inputs = bad.inputs.as_ref().unwrap();
     assert!(inputs.snr_db < 10.0 && bad.reason.contains("k=27"), "decision for the bad channel: {bad:?}");
     assert_eq!(st.policy, "threshold");
+    // The agent's metrics say the same.
+    let m = splitinfer_tests::scrape(&metrics_addr.to_string()).await;
+    let sample = |name: &str, labels: &[(&str, &str)]| splitinfer_tests::sample(&m, name, labels);
+    assert_eq!(sample("splitinfer_agent_split", &[]), 1.0);
+    assert_eq!(sample("splitinfer_agent_epoch", &[]), st.current.as_ref().unwrap().split.unwrap().epoch as f64);
+    assert_eq!(sample("splitinfer_agent_subscriber_acked_epoch", &[("subscriber", "ue")]), last_epoch as f64);
+    assert_eq!(sample("splitinfer_agent_subscriber_connected", &[("subscriber", "edge"), ("role", "edge")]), 1.0);
+    assert!(sample("splitinfer_agent_observations_total", &[]) > 10.0);
 
     stop.cancel();
     let _ = stop_agent.send(());
