@@ -106,18 +106,7 @@ pub async fn run_with_metrics(
         });
     // Relayed streams end with UNAVAILABLE at shutdown, but a peer that vanished (its host gone)
     // never closes its connection: after the grace period the emulator exits anyway.
-    let grace = std::time::Duration::from_millis(config.grace_period_ms);
-    let watchdog = {
-        let token = token.clone();
-        async move {
-            token.cancelled().await;
-            tokio::time::sleep(grace).await;
-        }
-    };
-    tokio::select! {
-        r = server => r?,
-        () = watchdog => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over with connections still open; exiting"),
-    }
+    splitinfer_telemetry::serve_with_grace(server, &token, std::time::Duration::from_millis(config.grace_period_ms)).await?;
     token.cancel();
     tracing::info!("channel emulator stopped");
     Ok(())

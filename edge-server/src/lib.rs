@@ -106,18 +106,7 @@ pub async fn run_with_metrics(
             // Ends every open session with UNAVAILABLE so their streams, and then the server, finish.
             stop.cancel();
         });
-    let grace = config.grace_period();
-    let watchdog = {
-        let token = token.clone();
-        async move {
-            token.cancelled().await;
-            tokio::time::sleep(grace).await;
-        }
-    };
-    tokio::select! {
-        r = server => r?,
-        () = watchdog => tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over with streams still open; exiting"),
-    }
+    splitinfer_telemetry::serve_with_grace(server, &token, config.grace_period()).await?;
     token.cancel();
     let _ = expiry.await;
     tracing::info!("edge server stopped");

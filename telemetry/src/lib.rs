@@ -51,3 +51,24 @@ pub fn incoming(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<
         conn
     })
 }
+
+/// Runs `server` until it ends by itself, or until `grace` has passed since `stopping` was
+/// cancelled: open streams get that long to drain, and a peer that vanished without closing its
+/// connection cannot keep the process alive.
+pub async fn serve_with_grace<E>(
+    server: impl std::future::Future<Output = Result<(), E>>,
+    stopping: &tokio_util::sync::CancellationToken,
+    grace: std::time::Duration,
+) -> Result<(), E> {
+    let watchdog = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = server => r,
+        () = watchdog => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "grace period over with connections still open; exiting");
+            Ok(())
+        }
+    }
+}
