@@ -97,6 +97,10 @@ pub trait SplitSource: Send + Sync {
     fn latest(&self) -> Option<SplitDecision>;
     /// The UE applied `decision`: its caches moved and the edge confirmed.
     fn applied(&self, _decision: SplitDecision) {}
+    /// Whether decisions can come at all; without them the UE keeps no log for recomputes.
+    fn adaptive(&self) -> bool {
+        true
+    }
 }
 
 /// No decisions: the split of the request holds throughout.
@@ -105,6 +109,10 @@ pub struct FixedSplit;
 impl SplitSource for FixedSplit {
     fn latest(&self) -> Option<SplitDecision> {
         None
+    }
+
+    fn adaptive(&self) -> bool {
+        false
     }
 }
 
@@ -241,8 +249,9 @@ pub async fn generate_adaptive(
         source.applied(split);
     }
 
-    // Only a recompute reads the log; with transfer forced it would be dead weight.
-    let log = (req.migration != MigrationMode::Transfer).then(BoundaryLog::new);
+    // Only a recompute reads the log; at a fixed split or with transfer forced it would be dead
+    // weight (69 KB per position at k = 30 for SmolLM2-135M).
+    let log = (source.adaptive() && req.migration != MigrationMode::Transfer).then(BoundaryLog::new);
     let mut state = UeModel { model: model.clone(), cache: KvCache::new(0..split.k), log, chunks: Vec::new() };
     let mut cost = CostModel::new(req.link_mbps, req.edge_speedup);
     let shape = MigrationShape::new(&model.model, req.wire.size());
