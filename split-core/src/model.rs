@@ -30,13 +30,18 @@ use rope::RopeTable;
 use crate::error::{Error, Result};
 use crate::split::SplitPoint;
 
+/// The largest LM head kept dequantized (f32) for many-row heads: SmolLM2's 113 MB fits, a
+/// 150k-token vocabulary (545 MB) does not.
+const DENSE_HEAD_MAX_BYTES: usize = 256 << 20;
+
 /// How to hold the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Keep an exact f32 copy of weights whose quantized CPU kernel is scalar (Q4_1, Q5_0, Q5_1)
     /// and use it for steps of several rows (prefill): ~4x faster prefill for ~4x their memory.
     /// Off, every step uses the quantized kernel, which rounds activations to 8 bits per block
-    /// the way llama.cpp's CPU path does.
+    /// the way llama.cpp's CPU path does. Also keeps a dense LM head (up to 256 MB) for heads over
+    /// several rows (perplexity), which candle's Q8_0 kernel runs ~4x slower.
     pub dense_prefill: bool,
 }
 
@@ -54,6 +59,8 @@ pub struct SplitModel {
     layers: Vec<DecoderLayer>,
     final_norm: RmsNorm,
     lm_head: QMatMul,
+    /// The head dequantized, for heads over many rows (perplexity); see [`LoadOptions`].
+    lm_head_dense: Option<Tensor>,
     rope: RopeTable,
     device: Device,
     path: PathBuf,
@@ -127,7 +134,19 @@ impl SplitModel {
             architecture.rope_is_neox(),
             &device,
         )?;
-        Ok(Self { config, embedding, layers, final_norm, lm_head, rope, device, path })
+        // Scoring many rows (perplexity windows) is a big matmul; candle's quantized kernels
+        // run it ~4x slower than f32 gemm. Dense only while the table is modest in size.
+        let head_q = content.tensor_infos.get("output.weight").or_else(|| content.tensor_infos.get("token_embd.weight"));
+        let head_bytes = head_q.map_or(usize::MAX, |t| t.shape.elem_count() * 4);
+        let lm_head_dense = if options.dense_prefill && head_bytes <= DENSE_HEAD_MAX_BYTES {
+            Some(match content.tensor_infos.contains_key("output.weight") {
+                true => loader.dense("output.weight")?,
+                false => embedding.dequantize(&device)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self { config, embedding, layers, final_norm, lm_head, lm_head_dense, rope, device, path })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -247,7 +266,10 @@ impl SplitModel {
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.check_hidden(hidden)?;
         let x = self.final_norm.forward(&hidden.i(0)?)?;
-        Ok(self.lm_head.forward(&x)?)
+        match &self.lm_head_dense {
+            Some(w) if x.dim(0)? >= layer::DENSE_MIN_ROWS => Ok(x.matmul(&w.t()?)?),
+            _ => Ok(self.lm_head.forward(&x)?),
+        }
     }
 
     /// Final norm and LM head on the last position only: `[vocab]` logits.

@@ -60,46 +60,68 @@ pub fn perplexity(
     progress: Progress<'_>,
 ) -> Result<PplReport> {
     cfg.validate(model.config().context_length)?;
-    if tokens.len() < 2 {
-        return Err(Error::InvalidArgument(format!("need at least 2 tokens to score, got {}", tokens.len())));
-    }
-    let starts: Vec<usize> = (0..tokens.len())
-        .step_by(cfg.stride)
-        .take_while(|&b| b == 0 || b + cfg.window - cfg.stride < tokens.len())
-        .collect();
+    let plan = windows(tokens.len(), cfg)?;
     let started = Instant::now();
-    let (mut nll, mut scored, mut prev_end) = (0f64, 0usize, 0usize);
-    for (w, &begin) in starts.iter().enumerate() {
-        let end = (begin + cfg.window).min(tokens.len());
-        // Targets are the tokens at positions first_target..end, predicted from position − 1.
-        let first_target = prev_end.max(begin + 1);
-        if first_target >= end {
-            break;
-        }
+    let (mut nll, mut scored) = (0f64, 0usize);
+    for (w, win) in plan.iter().enumerate() {
         let mut ue = KvCache::new(split.ue_layers());
         let mut edge = KvCache::new(split.edge_layers(model.n_layers()));
-        let h = model.embed(&tokens[begin..end])?;
+        let h = model.embed(&tokens[win.begin..win.end])?;
         let h = model.run_layers(&h, &mut ue)?;
         let h = boundary.transmit(&h)?;
         let h = model.run_layers(&h, &mut edge)?;
-        let rows = h.narrow(1, first_target - 1 - begin, end - first_target)?;
-        let logp = candle_nn::ops::log_softmax(&model.head(&rows)?, D::Minus1)?;
-        let targets = Tensor::new(&tokens[first_target..end], model.device())?.unsqueeze(1)?;
-        let picked = logp.gather(&targets, 1)?.i((.., 0))?.to_vec1::<f32>()?;
-        nll -= picked.iter().map(|&x| f64::from(x)).sum::<f64>();
-        scored += picked.len();
-        prev_end = end;
-        progress(w + 1, starts.len());
-        if end == tokens.len() {
-            break;
-        }
+        let (sum, n) = score(model, &h, tokens, win)?;
+        nll += sum;
+        scored += n;
+        progress(w + 1, plan.len());
     }
     let mean_nll = nll / scored as f64;
     Ok(PplReport {
         ppl: mean_nll.exp(),
         mean_nll,
         scored_tokens: scored,
-        windows: starts.len(),
+        windows: plan.len(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// One window of the sliding-window recipe: the model sees `tokens[begin..end]` and scores the
+/// targets `first_target..end` (each predicted from the position before it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub begin: usize,
+    pub end: usize,
+    pub first_target: usize,
+}
+
+/// The windows that score every token of a `n_tokens` sequence after the first exactly once.
+pub fn windows(n_tokens: usize, cfg: PplConfig) -> Result<Vec<Window>> {
+    if n_tokens < 2 {
+        return Err(Error::InvalidArgument(format!("need at least 2 tokens to score, got {n_tokens}")));
+    }
+    let mut out = Vec::new();
+    let mut prev_end = 0;
+    for begin in (0..n_tokens).step_by(cfg.stride).take_while(|&b| b == 0 || b + cfg.window - cfg.stride < n_tokens) {
+        let end = (begin + cfg.window).min(n_tokens);
+        let first_target = prev_end.max(begin + 1);
+        if first_target >= end {
+            break;
+        }
+        out.push(Window { begin, end, first_target });
+        prev_end = end;
+        if end == n_tokens {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The summed negative log-likelihood of the window's targets and their number, from the final
+/// hidden state `h` (`[1, end − begin, hidden]`) of the window.
+pub fn score(model: &SplitModel, h: &Tensor, tokens: &[u32], win: &Window) -> Result<(f64, usize)> {
+    let rows = h.narrow(1, win.first_target - 1 - win.begin, win.end - win.first_target)?;
+    let logp = candle_nn::ops::log_softmax(&model.head(&rows)?, D::Minus1)?;
+    let targets = Tensor::new(&tokens[win.first_target..win.end], model.device())?.unsqueeze(1)?;
+    let picked = logp.gather(&targets, 1)?.i((.., 0))?.to_vec1::<f32>()?;
+    Ok((-picked.iter().map(|&x| f64::from(x)).sum::<f64>(), picked.len()))
 }
