@@ -1,12 +1,12 @@
 //! Agent configuration: every option is a flag and an `AGENT_*` environment variable.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::ConfigError;
 use crate::policy::threshold::Table;
-use crate::policy::{Fixed, Policy, Threshold};
+use crate::policy::{Fixed, Learned, Policy, Threshold};
 
 /// The split policies the agent can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -15,6 +15,8 @@ pub enum PolicyKind {
     Fixed,
     /// The table in --thresholds: SNR and loss thresholds → k, with hysteresis.
     Threshold,
+    /// The network in --policy-file, trained offline by RL for --model.
+    Learned,
 }
 
 /// The control token for `Override`. Never printed: `Debug` shows only whether it is set.
@@ -76,6 +78,14 @@ pub struct AgentConfig {
     /// row wins, the last row a catch-all `-inf,1,k` (see deploy/thresholds.csv).
     #[arg(long, env = "AGENT_THRESHOLDS")]
     pub thresholds: Option<PathBuf>,
+    /// The policy file of --policy learned (splitinfer-policy/1: safetensors with the network's
+    /// weights and, in its metadata, the features it reads and the model it was trained for).
+    #[arg(long, env = "AGENT_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+    /// The model the UE and the edge serve, by its asset name (smollm2-135m, qwen2.5-coder-0.5b).
+    /// A learned policy must have been trained for it.
+    #[arg(long, env = "AGENT_MODEL", default_value = "smollm2-135m")]
+    pub model: String,
     /// Decoder layers L of the model the UE and the edge run. Without it the agent asks the edge
     /// (Edge/Info at --edge), retrying until it answers.
     #[arg(long, env = "AGENT_N_LAYERS")]
@@ -108,6 +118,11 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// The threshold table's path, if one is given.
+    pub fn thresholds(&self) -> Option<&Path> {
+        self.thresholds.as_deref()
+    }
+
     /// For tests and embedding: the fixed policy at k = 1 on a 30-layer model (so no edge is
     /// needed), statistics from `emulator` every 100 ms, the production dwell and confirmation
     /// rules, no control token. The listen address is the caller's business.
@@ -119,6 +134,8 @@ impl AgentConfig {
             policy: PolicyKind::Fixed,
             k: Some(1),
             thresholds: None,
+            policy_file: None,
+            model: "smollm2-135m".into(),
             n_layers: Some(30),
             edge: "http://127.0.0.1:50051".into(),
             min_dwell_ms: 2_000,
@@ -155,27 +172,42 @@ impl AgentConfig {
                 return invalid(format!("{flag} {url:?} is not a URL: {e}"));
             }
         }
-        match self.policy {
-            PolicyKind::Fixed => {
-                if self.k.is_none() {
-                    return invalid("--policy fixed needs --k N (or AGENT_K)".into());
-                }
-                if let Some(p) = &self.thresholds {
-                    return invalid(format!("--thresholds {} applies to --policy threshold only", p.display()));
-                }
-            }
-            PolicyKind::Threshold => {
-                if let Some(k) = self.k {
-                    return invalid(format!("--k {k} applies to --policy fixed only"));
-                }
-                if self.thresholds.is_none() {
-                    return invalid("--policy threshold needs --thresholds FILE (or AGENT_THRESHOLDS); deploy/thresholds.csv is an example".into());
-                }
-            }
+        if self.model.trim().is_empty() {
+            return invalid("--model must name the model the UE and the edge serve, e.g. smollm2-135m".into());
         }
-        match self.n_layers {
-            Some(n) => self.policy(n).map(drop),
-            None => self.thresholds.as_deref().map_or(Ok(()), |p| Table::load(p).map(drop)),
+        match self.policy {
+            PolicyKind::Fixed if self.k.is_none() => return invalid("--policy fixed needs --k N (or AGENT_K)".into()),
+            PolicyKind::Threshold if self.thresholds().is_none() => {
+                return invalid("--policy threshold needs --thresholds FILE (or AGENT_THRESHOLDS); deploy/thresholds.csv is an example".into());
+            }
+            PolicyKind::Learned if self.policy_file.is_none() => {
+                return invalid(format!("--policy learned needs --policy-file FILE (or AGENT_POLICY_FILE), a policy trained for --model {}", self.model));
+            }
+            _ => {}
+        }
+        // Each policy's own option with another policy is a mistake, not something to ignore.
+        if let Some(k) = self.k.filter(|_| self.policy != PolicyKind::Fixed) {
+            return invalid(format!("--k {k} applies to --policy fixed only"));
+        }
+        if let Some(p) = self.thresholds().filter(|_| self.policy != PolicyKind::Threshold) {
+            return invalid(format!("--thresholds {} applies to --policy threshold only", p.display()));
+        }
+        if let Some(p) = self.policy_file.as_ref().filter(|_| self.policy != PolicyKind::Learned) {
+            return invalid(format!("--policy-file {} applies to --policy learned only", p.display()));
+        }
+        match (self.n_layers, self.policy) {
+            (Some(n), _) => self.policy(n).map(drop),
+            // L comes from the edge later; check what can be checked without it now.
+            (None, PolicyKind::Threshold) => self.thresholds().map_or(Ok(()), |p| Table::load(p).map(drop)),
+            (None, PolicyKind::Learned) => match self.policy_file.as_deref() {
+                Some(p) => {
+                    let learned = Learned::load(p)?;
+                    // The model now (its own layer count stands in for L); L once the edge tells.
+                    learned.check_deployment(&self.model, learned.file().meta.n_layers).map_err(ConfigError::from)
+                }
+                None => Ok(()),
+            },
+            (None, PolicyKind::Fixed) => Ok(()),
         }
     }
 
@@ -190,10 +222,16 @@ impl AgentConfig {
                 Ok(Box::new(Fixed::new(k)))
             }
             PolicyKind::Threshold => {
-                let path = self.thresholds.as_deref().ok_or_else(|| ConfigError::Invalid("--policy threshold needs --thresholds FILE".into()))?;
+                let path = self.thresholds().ok_or_else(|| ConfigError::Invalid("--policy threshold needs --thresholds FILE".into()))?;
                 let table = Table::load(path)?;
                 table.check_layers(n_layers)?;
                 Ok(Box::new(Threshold::new(table, self.hysteresis_db)))
+            }
+            PolicyKind::Learned => {
+                let path = self.policy_file.as_deref().ok_or_else(|| ConfigError::Invalid("--policy learned needs --policy-file FILE".into()))?;
+                let learned = Learned::load(path)?;
+                learned.check_deployment(&self.model, n_layers)?;
+                Ok(Box::new(learned))
             }
         }
     }
@@ -221,10 +259,78 @@ mod tests {
         p
     }
 
+    /// A valid learned policy file: 1 feature (snr_db) → n_layers + 1 outputs, for `model`.
+    fn learned_file(name: &str, model: &str, n_layers: u32) -> PathBuf {
+        use crate::policy::learned::{FORMAT, Layer, PolicyFile, PolicyMeta};
+        let outputs = n_layers as usize + 1;
+        let meta = PolicyMeta {
+            format: FORMAT.into(),
+            algorithm: "mb-ppo".into(),
+            model: model.into(),
+            n_layers,
+            features: vec!["snr_db".into()],
+            lower: vec![-10.0],
+            upper: vec![30.0],
+            mean: vec![10.0],
+            std: vec![10.0],
+            activation: "tanh".into(),
+            description: "config test".into(),
+        };
+        // Logit k = -k · snr: a better channel (higher snr) favours a smaller k.
+        let layer = Layer { inputs: 1, outputs, weight: (0..outputs).map(|k| -(k as f32)).collect(), bias: vec![0.0; outputs] };
+        let path = scratch(name, "");
+        PolicyFile { meta, layers: vec![layer] }.save(&path).unwrap();
+        path
+    }
+
     #[test]
     fn an_unknown_policy_is_a_clap_error_listing_the_choices() {
-        let e = parse(&["--policy", "learned"]).unwrap_err().to_string();
-        assert!(e.contains("invalid value 'learned' for '--policy <POLICY>'") && e.contains("[possible values: fixed, threshold]"), "{e}");
+        let e = parse(&["--policy", "oracle"]).unwrap_err().to_string();
+        assert!(e.contains("invalid value 'oracle' for '--policy <POLICY>'") && e.contains("[possible values: fixed, threshold, learned]"), "{e}");
+    }
+
+    #[test]
+    fn the_learned_policy_needs_a_valid_file_for_the_served_model() {
+        let good = learned_file("smol.safetensors", "smollm2-135m", 30);
+        let good = good.to_str().unwrap();
+        let qwen = learned_file("qwen.safetensors", "qwen2.5-coder-0.5b", 24);
+        let qwen = qwen.to_str().unwrap();
+        let corrupt = scratch("corrupt.safetensors", "not a policy at all");
+        let corrupt = corrupt.to_str().unwrap();
+        let err = |args: &[&str]| parse(args).unwrap().validate().unwrap_err().to_string();
+
+        assert_eq!(err(&["--policy", "learned"]), "--policy learned needs --policy-file FILE (or AGENT_POLICY_FILE), a policy trained for --model smollm2-135m");
+        assert_eq!(err(&["--policy", "threshold", "--thresholds", "t.csv", "--policy-file", good]), format!("--policy-file {good} applies to --policy learned only"));
+        assert_eq!(err(&["--policy", "fixed", "--k", "3", "--policy-file", good]), format!("--policy-file {good} applies to --policy learned only"));
+        assert_eq!(err(&["--policy", "learned", "--policy-file", good, "--k", "3"]), "--k 3 applies to --policy fixed only");
+        assert!(err(&["--policy", "learned", "--policy-file", good, "--thresholds", "t.csv"]).ends_with("applies to --policy threshold only"));
+        assert!(err(&["--policy", "learned", "--policy-file", good, "--model", " "]).starts_with("--model must name the model"));
+        // With and without --n-layers (L from the edge later): the file is read at once.
+        for n_layers in [None, Some("30")] {
+            let learned = |file: &str| {
+                let mut args = vec!["--policy", "learned", "--policy-file", file];
+                args.extend(n_layers.map(|n| ["--n-layers", n]).iter().flatten());
+                parse(&args).unwrap().validate().map_or_else(|e| e.to_string(), |()| "valid".into())
+            };
+            let e = learned(corrupt);
+            assert!(e.starts_with(&format!("policy file {corrupt} is not a safetensors file or is truncated: ")), "{e}");
+            let e = learned("/nonexistent.safetensors");
+            assert!(e.starts_with("cannot read policy file /nonexistent.safetensors: "), "{e}");
+            assert_eq!(learned(qwen), format!("policy file {qwen} was trained for qwen2.5-coder-0.5b but this agent serves smollm2-135m (--model)"));
+            assert_eq!(learned(good), "valid");
+        }
+        assert_eq!(
+            err(&["--policy", "learned", "--policy-file", qwen, "--model", "qwen2.5-coder-0.5b", "--n-layers", "30"]),
+            format!("policy file {qwen} was trained for qwen2.5-coder-0.5b with 24 layers but the deployed model has 30 layers (--n-layers or the edge)")
+        );
+        let c = parse(&["--policy", "learned", "--policy-file", qwen, "--model", "qwen2.5-coder-0.5b", "--n-layers", "24"]).unwrap();
+        c.validate().unwrap();
+        let mut policy = c.policy(24).unwrap();
+        assert_eq!((policy.name(), policy.params()["model"].as_str()), ("learned", "qwen2.5-coder-0.5b"));
+        assert_eq!(policy.decide(&crate::observation::Observation::with(20.0, 0.0), None).k, 0);
+        assert_eq!(policy.decide(&crate::observation::Observation::with(-8.0, 0.0), None).k, 24);
+        // L from the edge: the same check when run() builds the policy.
+        assert!(c.policy(30).err().unwrap().to_string().ends_with("with 24 layers but the deployed model has 30 layers (--n-layers or the edge)"));
     }
 
     #[test]

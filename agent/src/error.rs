@@ -13,6 +13,9 @@ pub enum ConfigError {
     /// A malformed threshold file, at a line (1-based) of it.
     #[error("threshold file {path} line {line}: {what}")]
     Threshold { path: PathBuf, line: usize, what: String },
+    /// A learned policy that cannot be read, or was trained for another model.
+    #[error(transparent)]
+    Policy(#[from] crate::policy::learned::PolicyFileError),
     #[error("{0}")]
     Invalid(String),
 }

@@ -3,7 +3,7 @@
 //!
 //! - [`config`]: flags and `AGENT_*` environment variables.
 //! - [`observation`]: the channel as a policy sees it, from the emulator's statistics.
-//! - [`policy`]: the `Policy` trait and one file per policy (fixed, threshold).
+//! - [`policy`]: the `Policy` trait and one file per policy (fixed, threshold, learned).
 //! - [`state`]: the decision rules (confirmation, dwell time, overrides), epochs, subscribers,
 //!   acknowledgements and history.
 //! - [`stats`]: the client of the emulator's statistics stream, reconnecting with backoff.

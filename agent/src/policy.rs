@@ -2,11 +2,13 @@
 //!
 //! - [`fixed`]: always the same `k` (a baseline, and the way to hold a split for experiments).
 //! - [`threshold`]: a table of SNR and loss thresholds read from a CSV file, with hysteresis.
+//! - [`learned`]: a small network trained offline by RL, read from a policy file.
 //!
 //! A policy only proposes; the agent's rules (confirmation over consecutive observations, the
 //! minimum dwell time, overrides) decide when a proposal becomes a decision.
 
 pub mod fixed;
+pub mod learned;
 pub mod threshold;
 
 use std::collections::BTreeMap;
@@ -14,6 +16,7 @@ use std::collections::BTreeMap;
 use crate::observation::Observation;
 
 pub use fixed::Fixed;
+pub use learned::Learned;
 pub use threshold::Threshold;
 
 /// What a policy wants for one observation, and why in words.

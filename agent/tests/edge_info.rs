@@ -114,6 +114,47 @@ async fn a_table_beyond_the_edges_model_is_refused_naming_the_line() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learned_policy_for_another_layer_count_than_the_edges_is_refused() {
+    use agent::policy::learned::{FORMAT, Layer, PolicyFile, PolicyMeta};
+    let edge_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge_url = format!("http://{}", edge_listener.local_addr().unwrap());
+    let (_, edge) = serve_edge(edge_listener, 24, 0);
+    let meta = PolicyMeta {
+        format: FORMAT.into(),
+        algorithm: "mb-ppo".into(),
+        model: "smollm2-135m".into(),
+        n_layers: 30,
+        features: vec!["snr_db".into()],
+        lower: vec![-10.0],
+        upper: vec![30.0],
+        mean: vec![10.0],
+        std: vec![10.0],
+        activation: "tanh".into(),
+        description: String::new(),
+    };
+    let path = scratch("thirty.safetensors", "");
+    PolicyFile { meta, layers: vec![Layer { inputs: 1, outputs: 31, weight: vec![0.0; 31], bias: vec![0.0; 31] }] }.save(&path).unwrap();
+    let mut config = AgentConfig::for_tests("http://127.0.0.1:1");
+    config.policy = agent::config::PolicyKind::Learned;
+    config.k = None;
+    config.policy_file = Some(path.clone());
+    config.n_layers = None;
+    config.edge = edge_url;
+    config.validate().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(15), agent::run(listener, config, std::future::pending()))
+        .await
+        .expect("the agent should refuse to start")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("policy file {} was trained for smollm2-135m with 30 layers but the deployed model has 24 layers (--n-layers or the edge)", path.display())
+    );
+    edge.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_while_waiting_for_the_edge_is_clean() {
     let mut config = AgentConfig::for_tests("http://127.0.0.1:1");
     config.n_layers = None;
