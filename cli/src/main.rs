@@ -5,6 +5,7 @@
 mod agent;
 mod figure;
 mod health;
+mod rl;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,12 @@ enum Command {
     Info {
         #[command(flatten)]
         model: ModelArgs,
+    },
+    /// Model-based RL for the split policy: the profile of the real environment, and the report
+    /// that trains every policy on it and compares them on held-out channel traces.
+    Rl {
+        #[command(subcommand)]
+        command: rl::RlCommand,
     },
     /// Talk to a running agent: its status, or an override of its split.
     Agent {
@@ -245,6 +252,7 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Info { model } => run_info(&model),
         Command::Agent { command } => agent::run(command),
+        Command::Rl { command } => rl::run(command),
         Command::Health { url, service, timeout_ms } => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?

@@ -418,3 +418,60 @@ async fn the_decision_stays_while_statistics_are_down_and_resumes_after() {
     agent.stop().await;
     emulator.stop().await;
 }
+
+/// The policy `splitinfer rl report` trained (docs/rl/smollm2-135m), run live by the agent: every
+/// decision it pushes as the emulator's channel changes is the file's choice for that
+/// decision's inputs and the split in force before it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_policy_the_report_trained_decides_live() {
+    use agent::policy::learned::PolicyFile;
+    init_logs();
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/rl/smollm2-135m/policy-mb-ppo.safetensors");
+    let policy = PolicyFile::load(&file).unwrap();
+    let (emu, emulator) = start_emulator(Preset::Good).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut c = AgentConfig::for_tests(&emu);
+    c.policy = agent::config::PolicyKind::Learned;
+    c.k = None;
+    c.policy_file = Some(file.clone());
+    c.stats_period_ms = 50;
+    c.min_dwell_ms = 0;
+    c.confirm = 1;
+    let agent = start_agent(listener, c).await;
+
+    let mut settled = Vec::new();
+    for preset in ["good", "bad", "good"] {
+        set_channel(&emu, preset).await;
+        let before = status(&url).await.observations;
+        // Ten observations of this channel: enough for the policy to act and settle.
+        let s = wait_status(&url, preset, |s| s.observation.as_ref().is_some_and(|o| o.scenario == preset) && s.observations >= before + 10).await;
+        let current = s.current.clone().unwrap();
+        assert_eq!(current.policy, "learned");
+        assert!(current.reason.starts_with("learned(mb-ppo): "), "{}", current.reason);
+        settled.push((preset, k(&current)));
+    }
+    let history = status_limited(&url, 64).await.history;
+    assert!(!history.is_empty());
+    let mut prev: Option<u32> = None;
+    for d in &history {
+        let i = d.inputs.clone().unwrap();
+        let obs = agent::observation::Observation {
+            unix_ms: i.unix_ms,
+            scenario: i.scenario.clone(),
+            snr_db: i.snr_db,
+            fading_m: i.fading_m,
+            loss_rate: i.loss_rate,
+            erasure_rate: i.erasure_rate,
+            mean_delay_ms: i.mean_delay_ms,
+            impaired: i.impaired,
+            channel_version: i.channel_version,
+        };
+        let want = policy.choose(&policy.raw_features(&obs, prev));
+        assert_eq!(k(d), want, "decision {:?} with k {prev:?} in force", d.reason);
+        prev = Some(k(d));
+    }
+    println!("settled splits: {settled:?}; {} decisions, each the policy file's choice", history.len());
+    agent.stop().await;
+    emulator.stop().await;
+}

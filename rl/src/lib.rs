@@ -1,0 +1,16 @@
+//! Model-based reinforcement learning for the split agent (design.md §5): the real environment,
+//! the profile, the reward and its surrogate, the learners and baselines, and the report.
+
+pub mod algo;
+pub mod env;
+pub mod nets;
+pub mod profile;
+pub mod real;
+pub mod reward;
+pub mod surrogate;
+pub mod traces;
+pub mod trace_env;
+pub mod evaluate;
+pub mod pipeline;
+pub mod plots;
+pub mod report;
