@@ -337,6 +337,44 @@ fn policy_eval_us() -> Result<f64> {
     Ok(t.elapsed().as_secs_f64() * 1e6 / (rounds * obs.len()) as f64)
 }
 
+/// One decision of the learned policy `splitinfer rl report` trained (docs/rl/smollm2-135m), as
+/// the agent makes it: features, normalisation, the network's forward pass, the reason string.
+fn learned_eval_us() -> Result<f64> {
+    use agent::policy::Policy;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/rl/smollm2-135m/policy-mb-ppo.safetensors");
+    let mut p = agent::policy::learned::Learned::load(&path)?;
+    let obs: Vec<_> = (0..1000).map(|i| agent::observation::Observation::with((i % 45) as f64 - 5.0, 0.0)).collect();
+    let mut k = None;
+    let t = Instant::now();
+    let rounds = 20;
+    for _ in 0..rounds {
+        for o in &obs {
+            k = Some(p.decide(o, k).k);
+        }
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / (rounds * obs.len()) as f64)
+}
+
+/// The reward surrogate on candle: all L + 1 splits at one state (what greedy-on-surrogate asks
+/// per decision), and one step of 16 training environments.
+fn surrogate_us() -> Result<(f64, f64)> {
+    use splitinfer_rl::real::ChannelState;
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/rl/smollm2-135m/surrogate.safetensors");
+    let s = splitinfer_rl::surrogate::Surrogate::load(&path)?;
+    let time = |points: &[(usize, ChannelState)]| -> Result<f64> {
+        let rounds = 500;
+        let t = Instant::now();
+        for _ in 0..rounds {
+            s.predict_ppl(points)?;
+        }
+        Ok(t.elapsed().as_secs_f64() * 1e6 / rounds as f64)
+    };
+    let state = ChannelState::Fading { snr_db: 7.0, m: 1.0 };
+    let all: Vec<_> = (0..=30).map(|k| (k, state)).collect();
+    let batch: Vec<_> = (0..16).map(|i| (i, ChannelState::Fading { snr_db: i as f64 * 2.0, m: 1.5 })).collect();
+    Ok((time(&all)?, time(&batch)?))
+}
+
 /// Time from `SetChannel` returning to a follower holding the new decision, stats every 100 ms.
 async fn agent_reaction() -> Result<Vec<f64>> {
     let echo = start_echo().await?;
@@ -538,7 +576,11 @@ async fn main() -> Result<()> {
         pct(&reaction, 0.5),
         pct(&reaction, 1.0)
     )?;
-    writeln!(md, "| surrogate / learned policy inference | not built yet (the RL issue) |")?;
+    let learned = learned_eval_us()?;
+    let (sur_all, sur_batch) = surrogate_us()?;
+    writeln!(md, "| learned policy, one decision (docs/rl/smollm2-135m/policy-mb-ppo.safetensors, 3→64→64→31 in plain Rust) | {learned:.2} µs |")?;
+    writeln!(md, "| reward surrogate (3→128→128→1 on candle): all 31 splits at one state | {sur_all:.0} µs |")?;
+    writeln!(md, "| reward surrogate: one step of 16 training environments | {sur_batch:.0} µs |")?;
 
     // 6. Raw model speed vs llama.cpp.
     eprintln!("bench: 6/6 raw model speed and llama.cpp");
