@@ -320,39 +320,32 @@ async fn edge_memory() -> Result<(u64, Vec<Memory>)> {
 // ---------------------------------------------------------------------------------------------
 // 5. The agent: policy evaluation and reaction to a channel change.
 
-fn policy_eval_us() -> Result<f64> {
-    use agent::policy::Policy;
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/thresholds.csv");
-    let table = agent::policy::threshold::Table::load(&path)?;
-    let mut p = agent::policy::Threshold::new(table, 1.0);
-    let obs: Vec<_> = (0..1000).map(|i| agent::observation::Observation::with((i % 30) as f64, (i % 7) as f64 / 100.0)).collect();
+/// Microseconds per decision of `policy` over `obs`, each decision with the previous one in force.
+fn decision_us(policy: &mut dyn agent::policy::Policy, obs: &[agent::observation::Observation]) -> f64 {
     let mut k = None;
     let t = Instant::now();
     let rounds = 20;
     for _ in 0..rounds {
-        for o in &obs {
-            k = Some(p.decide(o, k).k);
+        for o in obs {
+            k = Some(policy.decide(o, k).k);
         }
     }
-    Ok(t.elapsed().as_secs_f64() * 1e6 / (rounds * obs.len()) as f64)
+    t.elapsed().as_secs_f64() * 1e6 / (rounds * obs.len()) as f64
+}
+
+fn policy_eval_us() -> Result<f64> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/thresholds.csv");
+    let table = agent::policy::threshold::Table::load(&path)?;
+    let obs: Vec<_> = (0..1000).map(|i| agent::observation::Observation::with((i % 30) as f64, (i % 7) as f64 / 100.0)).collect();
+    Ok(decision_us(&mut agent::policy::Threshold::new(table, 1.0), &obs))
 }
 
 /// One decision of the learned policy `splitinfer rl report` trained (docs/rl/smollm2-135m), as
 /// the agent makes it: features, normalisation, the network's forward pass, the reason string.
 fn learned_eval_us() -> Result<f64> {
-    use agent::policy::Policy;
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/rl/smollm2-135m/policy-mb-ppo.safetensors");
-    let mut p = agent::policy::learned::Learned::load(&path)?;
     let obs: Vec<_> = (0..1000).map(|i| agent::observation::Observation::with((i % 45) as f64 - 5.0, 0.0)).collect();
-    let mut k = None;
-    let t = Instant::now();
-    let rounds = 20;
-    for _ in 0..rounds {
-        for o in &obs {
-            k = Some(p.decide(o, k).k);
-        }
-    }
-    Ok(t.elapsed().as_secs_f64() * 1e6 / (rounds * obs.len()) as f64)
+    Ok(decision_us(&mut agent::policy::learned::Learned::load(&path)?, &obs))
 }
 
 /// The reward surrogate on candle: all L + 1 splits at one state (what greedy-on-surrogate asks
