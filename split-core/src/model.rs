@@ -11,6 +11,9 @@ mod config;
 mod kv_cache;
 mod layer;
 mod q4_1;
+mod q8_0;
+#[cfg(test)]
+mod kernel_tests;
 mod rope;
 
 use std::fs::File;
@@ -24,6 +27,7 @@ use candle_core::{Device, IndexOp, Module, Tensor};
 
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::{KvCache, LayerKv};
+pub use q4_1::PackedQ4_1;
 use layer::{DecoderLayer, Linear, RmsNorm};
 use rope::RopeTable;
 
@@ -292,8 +296,17 @@ impl SplitModel {
                 Ok(h.narrow(1, seq - 1, 1)?)
             })
             .collect::<Result<Vec<_>>>()?;
-        let x = Tensor::cat(&last, 0)?.squeeze(1)?;
-        let logits = layer::matmul_rows(&self.lm_head, &self.final_norm.forward(&x)?)?;
+        let x = self.final_norm.forward(&Tensor::cat(&last, 0)?.squeeze(1)?)?;
+        // A Q8_0 head (the default model's) takes our kernel, which reads it once per four
+        // sessions instead of once per session, with each row's bits unchanged.
+        let tiled = match &self.lm_head {
+            QMatMul::QTensor(w) if hidden.len() > 1 => q8_0::matmul_rows(w, &x)?,
+            _ => None,
+        };
+        let logits = match tiled {
+            Some(l) => l,
+            None => layer::matmul_rows(&self.lm_head, &x)?,
+        };
         (0..hidden.len()).map(|i| Ok(logits.i(i)?)).collect()
     }
 
@@ -354,9 +367,9 @@ impl<R: Read + Seek> Loader<'_, R> {
         let q = self.qtensor(&format!("{prefix}.weight"))?;
         let scalar_kernel = matches!(q.dtype(), GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1);
         let dense = if self.options.dense_prefill && scalar_kernel { Some(q.dequantize(self.device)?) } else { None };
-        let weight = QMatMul::from_qtensor(q)?;
+        let weight = layer::Weight::new(q)?;
         let bias_name = format!("{prefix}.bias");
         let bias = if self.content.tensor_infos.contains_key(&bias_name) { Some(self.dense(&bias_name)?) } else { None };
-        Ok(Linear { weight, dense, bias, packed: std::sync::OnceLock::new() })
+        Ok(Linear { weight, dense, bias })
     }
 }

@@ -168,6 +168,7 @@ async fn worker_session(worker: Worker, prompt: &str, k: usize, new_tokens: usiz
             epoch: 0,
             sampling: SamplingConfig::GREEDY,
             max_new_tokens: new_tokens,
+            ignore_eos: false,
             prompt_tokens: prompt.len(),
             client: "batching test".into(),
             resume: None,

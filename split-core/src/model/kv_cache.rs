@@ -3,6 +3,10 @@
 //! A side of the split owns exactly the caches of the layers it runs. The invariant that every
 //! layer in the range has seen the same number of positions is checked on every step rather than
 //! assumed: a broken invariant after a split change is a wrong answer, not a crash, unless caught.
+//!
+//! Each layer's keys and values live in buffers with room for [`GROW`] more positions, written in
+//! place; a step copies only its own new rows (appending by concatenation copied the whole cache
+//! on every token, ~1 MB per layer per token at a few hundred positions of context).
 
 use std::ops::Range;
 
@@ -10,7 +14,12 @@ use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
-/// Keys and values of one layer, each `[1, kv_heads, positions, head_dim]`.
+/// Positions a layer's buffers grow by when full: the memory held beyond what is used is below
+/// this many positions per layer, and a full copy happens once per this many tokens.
+const GROW: usize = 64;
+
+/// Keys and values of one layer, each `[1, kv_heads, positions, head_dim]` (views of the cache's
+/// buffers when they come from a cache).
 #[derive(Debug, Clone)]
 pub struct LayerKv {
     pub k: Tensor,
@@ -23,18 +32,63 @@ impl LayerKv {
     }
 }
 
-/// The caches of layers `range`, all holding positions `0..position`.
-#[derive(Debug, Clone)]
+/// One layer's buffers (`[1, kv_heads, capacity, head_dim]`), of which positions `0..len` are
+/// filled.
+#[derive(Debug)]
+struct Slot {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl Slot {
+    fn capacity(&self) -> usize {
+        self.k.dims().get(2).copied().unwrap_or(0)
+    }
+
+    fn view(&self) -> Result<LayerKv> {
+        Ok(LayerKv { k: self.k.narrow(2, 0, self.len)?, v: self.v.narrow(2, 0, self.len)? })
+    }
+
+    /// Buffers of `capacity` positions holding `kv`'s.
+    fn with_capacity(kv: &LayerKv, capacity: usize) -> Result<Self> {
+        let (b, heads, len, dim) = kv.k.dims4()?;
+        let k = Tensor::zeros((b, heads, capacity, dim), kv.k.dtype(), kv.k.device())?;
+        let v = Tensor::zeros((b, heads, capacity, dim), kv.v.dtype(), kv.v.device())?;
+        if len > 0 {
+            k.slice_set(&kv.k.contiguous()?, 2, 0)?;
+            v.slice_set(&kv.v.contiguous()?, 2, 0)?;
+        }
+        Ok(Self { k, v, len })
+    }
+
+    /// Writes `k`/`v` (`[1, kv_heads, seq, head_dim]`) after the filled positions, growing the
+    /// buffers first if they are full.
+    fn push(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
+        let seq = k.dim(2)?;
+        if self.len + seq > self.capacity() {
+            *self = Self::with_capacity(&self.view()?, (self.len + seq).next_multiple_of(GROW))?;
+        }
+        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += seq;
+        Ok(())
+    }
+}
+
+/// The caches of layers `range`, all holding positions `0..position`. Not `Clone`: its buffers
+/// are written in place, so two caches must never share them.
+#[derive(Debug)]
 pub struct KvCache {
     range: Range<usize>,
-    layers: Vec<Option<LayerKv>>,
+    layers: Vec<Option<Slot>>,
     position: usize,
 }
 
 impl KvCache {
     /// An empty cache for layers `range` (which may be empty, e.g. the UE at `k = 0`).
     pub fn new(range: Range<usize>) -> Self {
-        let layers = vec![None; range.len()];
+        let layers = (0..range.len()).map(|_| None).collect();
         Self { range, layers, position: 0 }
     }
 
@@ -48,11 +102,11 @@ impl KvCache {
     }
 
     /// The cached entries of `layer`, if the range holds it and it has seen any position.
-    pub fn layer(&self, layer: usize) -> Option<&LayerKv> {
+    pub fn layer(&self, layer: usize) -> Option<LayerKv> {
         if !self.range.contains(&layer) {
             return None;
         }
-        self.layers[layer - self.range.start].as_ref()
+        self.layers[layer - self.range.start].as_ref().and_then(|s| s.view().ok())
     }
 
     /// A cache for layers `range` from entries moved from another side: one per layer, in order,
@@ -80,13 +134,17 @@ impl KvCache {
                 }
             }
         }
-        let layers = if position == 0 { vec![None; range.len()] } else { entries.into_iter().map(Some).collect() };
+        let layers = if position == 0 {
+            (0..range.len()).map(|_| None).collect()
+        } else {
+            entries.iter().map(|e| Slot::with_capacity(e, position.next_multiple_of(GROW)).map(Some)).collect::<Result<_>>()?
+        };
         Ok(Self { range, layers, position })
     }
 
     /// The entries of every layer in the range, in order (`None` before the first position).
-    pub fn entries(&self) -> impl Iterator<Item = (usize, Option<&LayerKv>)> {
-        self.layers.iter().enumerate().map(|(i, l)| (self.range.start + i, l.as_ref()))
+    pub fn entries(&self) -> impl Iterator<Item = (usize, Option<LayerKv>)> {
+        self.layers.iter().enumerate().map(|(i, l)| (self.range.start + i, l.as_ref().and_then(|s| s.view().ok())))
     }
 
     /// Takes the layers `at..end` out into their own cache; `self` keeps `start..at`.
@@ -142,26 +200,28 @@ impl KvCache {
             )));
         }
         let slot = &mut self.layers[layer - self.range.start];
-        let before = slot.as_ref().map_or(0, LayerKv::positions);
+        let before = slot.as_ref().map_or(0, |s| s.len);
         if before != self.position {
             return Err(Error::CacheInvariant(format!(
                 "layer {layer} holds {before} positions but the cache is at position {}",
                 self.position
             )));
         }
-        let entry = match slot.take() {
-            None => LayerKv { k, v },
-            Some(old) => LayerKv { k: Tensor::cat(&[&old.k, &k], 2)?, v: Tensor::cat(&[&old.v, &v], 2)? },
-        };
-        *slot = Some(entry.clone());
-        Ok(entry)
+        match slot {
+            Some(s) => s.push(&k, &v)?,
+            None => {
+                let capacity = k.dim(2)?.next_multiple_of(GROW);
+                *slot = Some(Slot::with_capacity(&LayerKv { k, v }, capacity)?);
+            }
+        }
+        slot.as_ref().map_or_else(|| Err(Error::CacheInvariant(format!("layer {layer} has no entries after an append"))), Slot::view)
     }
 
     /// Records that every layer has taken `steps` more positions; checks they all did.
     pub(crate) fn advance(&mut self, steps: usize) -> Result<()> {
         let next = self.position + steps;
         for (i, slot) in self.layers.iter().enumerate() {
-            let have = slot.as_ref().map_or(0, LayerKv::positions);
+            let have = slot.as_ref().map_or(0, |s| s.len);
             if have != next {
                 return Err(Error::CacheInvariant(format!(
                     "layer {} holds {have} positions, expected {next}",

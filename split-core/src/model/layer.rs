@@ -1,13 +1,11 @@
 //! One pre-norm decoder block: RMSNorm → grouped-query attention → residual → RMSNorm →
 //! SwiGLU MLP → residual. Written on candle's public building blocks.
 
-use std::sync::OnceLock;
-
-use candle_core::quantized::{GgmlDType, QMatMul};
-use candle_core::{Module, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Module, Storage, Tensor};
 
 use super::ModelConfig;
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, LayerKv};
 use super::q4_1::PackedQ4_1;
 use super::rope::RopeTable;
 use crate::error::Result;
@@ -20,17 +18,41 @@ pub(crate) const DENSE_MIN_ROWS: usize = 4;
 /// candle's CPU kernels for Q4_1/Q5_0/Q5_1 are scalar, about 5x slower than f32 GEMM on a prefill
 /// here. For those types the loader also keeps `dense`, the exact f32 dequantization of the same
 /// weight, and steps of [`DENSE_MIN_ROWS`] rows or more (prefill, perplexity windows) use it, as
-/// llama.cpp does with BLAS for large batches. Single-token decode stays on the quantized kernel,
-/// which reads 8x fewer bytes. The choice depends only on the step's shape, so both sides of a
-/// split make it identically.
+/// llama.cpp does with BLAS for large batches. Decode steps stay on a quantized kernel, which
+/// reads 8x fewer bytes: for Q4_1, our [`PackedQ4_1`] (bit for bit candle's, several times
+/// faster), for other types candle's. The choice depends only on the step's shape, so both sides
+/// of a split make it identically.
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
-    pub weight: QMatMul,
+    pub weight: Weight,
     pub dense: Option<Tensor>,
     pub bias: Option<Tensor>,
-    /// The weight regrouped for batched decode steps (Q4_1 only), made on the first batch so
-    /// that a side that never batches (the UE) does not hold it.
-    pub packed: OnceLock<Option<PackedQ4_1>>,
+}
+
+/// The quantized form of a projection's weight and the kernel that multiplies by it.
+#[derive(Debug, Clone)]
+pub(crate) enum Weight {
+    /// Q4_1, regrouped for [`PackedQ4_1`]; candle's copy is not kept.
+    Packed(PackedQ4_1),
+    Candle(QMatMul),
+}
+
+impl Weight {
+    /// Packs a Q4_1 matrix, wraps anything else for candle's kernel.
+    pub fn new(q: QTensor) -> Result<Self> {
+        Ok(match PackedQ4_1::new(&q)? {
+            Some(p) => Self::Packed(p),
+            None => Self::Candle(QMatMul::from_qtensor(q)?),
+        })
+    }
+
+    /// `x` (`[..., k]`) times the transposed weight, one row as a one-row product would give it.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Packed(p) => p.matmul(x),
+            Self::Candle(w) => Ok(w.forward(x)?),
+        }
+    }
 }
 
 impl Linear {
@@ -53,24 +75,14 @@ impl Linear {
     /// [`PackedQ4_1`], which reads and unpacks each weight once for four rows; other weights
     /// take candle's kernel (see [`matmul_rows`]).
     pub fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match self.packed() {
-            Some(p) if x.dim(0)? > 1 => p.matmul(x)?,
-            _ => matmul_rows(&self.weight, x)?,
+        let y = match &self.weight {
+            Weight::Packed(p) => p.matmul(x)?,
+            Weight::Candle(w) => matmul_rows(w, x)?,
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         })
-    }
-
-    fn packed(&self) -> Option<&PackedQ4_1> {
-        self.packed
-            .get_or_init(|| match &self.weight {
-                // A weight that cannot be packed keeps candle's kernel, which is exact too.
-                QMatMul::QTensor(t) => PackedQ4_1::new(t).ok().flatten(),
-                _ => None,
-            })
-            .as_ref()
     }
 }
 
@@ -91,8 +103,9 @@ pub(crate) fn matmul_rows(w: &QMatMul, x: &Tensor) -> Result<Tensor> {
 /// (row, column) is one `vec_dot` of the same blocks whatever the row count, so batching only
 /// changes how often the weights are read. It does not where a repacked kernel takes over for
 /// some row counts (x86-64: Q4K, Q6K, Q8_0 with `k` a multiple of 256; aarch64: Q4_0, Q4K, Q5K,
-/// Q6K, Q8_0) or for f32/f16 weights (gemm blocks by shape). The batching test checks the claim
-/// on the default model (Q4_1 layers, Q8_0 head).
+/// Q6K, Q8_0) or for f32/f16 weights (gemm blocks by shape). On x86-64 with AVX2 the default
+/// model no longer comes here (its Q4_1 layers and Q8_0 head have kernels of ours); the batching
+/// test checked the claim on it when it did, and still checks whatever path each weight takes.
 fn rows_are_independent(w: &QMatMul) -> bool {
     let QMatMul::QTensor(t) = w else { return false };
     let Ok((_, k)) = t.shape().dims2() else { return false };
@@ -180,6 +193,10 @@ impl DecoderLayer {
         let k = rope.apply(&heads(k, nkv)?, position)?;
         let v = heads(v, nkv)?.contiguous()?;
         let kv = cache.append(self.index, k, v)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        if seq == 1 && b == 1 {
+            return attend_one(&q, &kv, nh / nkv, scale);
+        }
 
         // Grouped-query attention: each kv head serves `n_rep` consecutive query heads. K/V are
         // repeated to one per query head, the same matmul shapes as candle-transformers' llama.
@@ -190,13 +207,101 @@ impl DecoderLayer {
         let n_rep = nh / nkv;
         let k = repeat_kv(&kv.k, n_rep)?;
         let v = repeat_kv(&kv.v, n_rep)?;
-        let scale = 1.0 / (hd as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
         let scores = if seq > 1 { scores.broadcast_add(&causal_mask(seq, position, q.device())?)? } else { scores };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let y = probs.matmul(&v)?;
         Ok(y.transpose(1, 2)?.reshape((b, seq, nh * hd))?)
     }
+}
+
+/// Attention of one new position (`q`: `[1, heads, 1, d]`) over the cache (`kv`: `[1, kv_heads,
+/// t, d]` each), returning `[1, 1, heads · d]`: the same bits as the repeated-K/V path below, without
+/// repeating K and V (which copied 2 · heads · t · d floats per layer per token).
+///
+/// candle's batched matmul calls `gemm` once per head with `m = 1`; here each head calls it with
+/// exactly those arguments (sizes, strides, parallelism) on its query row and its kv head's rows
+/// of the cache, so every score and output is the same. The scale and softmax are candle's ops on
+/// the same `[1, heads, 1, t]` tensor.
+fn attend_one(q: &Tensor, kv: &LayerKv, n_rep: usize, scale: f64) -> Result<Tensor> {
+    let (_, heads, _, dim) = q.dims4()?;
+    let t = kv.k.dim(2)?;
+    let scores = Tensor::from_vec(per_head_gemv(q, &kv.k, n_rep, true, t)?, (1, heads, 1, t), q.device())?;
+    let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?)?;
+    let y = per_head_gemv(&probs, &kv.v, n_rep, false, dim)?;
+    Ok(Tensor::from_vec(y, (1, 1, heads * dim), q.device())?)
+}
+
+/// For each head `h` of `lhs` (`[1, heads, 1, inner]`), its row times kv head `h / n_rep` of `kv`
+/// (`[1, kv_heads, t, d]`), transposed (`lhs · kvᵀ`, `n` = t) or not (`lhs · kv`, `n` = d): the
+/// `n` outputs of every head, one after another.
+#[allow(unsafe_code)]
+fn per_head_gemv(lhs: &Tensor, kv: &Tensor, n_rep: usize, transposed: bool, n: usize) -> Result<Vec<f32>> {
+    let (_, heads, rows, inner) = lhs.dims4()?;
+    let (_, kv_heads, t, d) = kv.dims4()?;
+    let expected_inner = if transposed { d } else { t };
+    if rows != 1 || inner != expected_inner || heads != kv_heads * n_rep || n != if transposed { t } else { d } {
+        return Err(candle_core::Error::Msg(format!("decode attention: lhs {:?} against kv {:?}", lhs.dims(), kv.dims())).into());
+    }
+    let (lhs_storage, lhs_layout) = lhs.storage_and_layout();
+    let (kv_storage, kv_layout) = kv.storage_and_layout();
+    let (Storage::Cpu(lhs_cpu), Storage::Cpu(kv_cpu)) = (&*lhs_storage, &*kv_storage) else {
+        return Err(candle_core::Error::Msg("decode attention runs on the cpu only".into()).into());
+    };
+    let (lhs_data, kv_data) = (lhs_cpu.as_slice::<f32>()?, kv_cpu.as_slice::<f32>()?);
+    let (ls, ks) = (lhs_layout.stride(), kv_layout.stride());
+    // The strides candle's matmul reads off `lhs` and off `kv` or its transpose.
+    let (lhs_cs, lhs_rs) = (ls[3], ls[2]);
+    let (rhs_cs, rhs_rs) = if transposed { (ks[2], ks[3]) } else { (ks[3], ks[2]) };
+    // Every element any head reads must lie inside the storage.
+    let last = |start: usize, s: &[usize], dims: [usize; 4]| start + s.iter().zip(dims).map(|(s, d)| s * d.saturating_sub(1)).sum::<usize>();
+    if last(lhs_layout.start_offset(), ls, [1, heads, 1, inner]) >= lhs_data.len() || last(kv_layout.start_offset(), ks, [1, kv_heads, t, d]) >= kv_data.len() {
+        return Err(candle_core::Error::Msg("decode attention: a view runs past its storage".into()).into());
+    }
+    // candle reads this from the environment on every matmul (a `getenv` each time, visible in
+    // perf); it does not change while the process runs, so read it once.
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let threads = *THREADS.get_or_init(candle_core::utils::get_num_threads);
+    let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let mut out = vec![0f32; heads * n];
+    // gemm runs a one-row product on the calling thread alone. Sharing the heads out over
+    // candle's matmul workers kept the bits but was no faster here (the GQA heads of one kv head
+    // then read its rows on two cores), so they run one after another.
+    let (out_at, lhs_at0, kv_at0) = (out.as_mut_ptr() as usize, lhs_data.as_ptr() as usize, kv_data.as_ptr() as usize);
+    let head = |h: usize| {
+        let lhs_at = lhs_layout.start_offset() + h * ls[1];
+        let kv_at = kv_layout.start_offset() + (h / n_rep) * ks[1];
+        // SAFETY: the check above keeps every element read, at these offsets and strides over
+        // `inner` by `n`, inside the two slices, which outlive this call; `out` has room for `n`
+        // values after `h * n`, written with unit column stride, and no two heads' ranges
+        // overlap. No other reference writes these buffers meanwhile (the read guards are held
+        // and `out` is borrowed only through this pointer until the pool returns).
+        unsafe {
+            gemm::gemm(
+                1,
+                n,
+                inner,
+                (out_at as *mut f32).add(h * n),
+                1,
+                n as isize,
+                false,
+                (lhs_at0 as *const f32).add(lhs_at),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                (kv_at0 as *const f32).add(kv_at),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                0f32,
+                1f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    };
+    (0..heads).for_each(head);
+    Ok(out)
 }
 
 /// `[b, kv_heads, t, d]` → `[b, kv_heads · n_rep, t, d]`, each kv head repeated in place.

@@ -1,0 +1,102 @@
+//! Micro-benchmarks of the pieces a decode step is made of (issue 8), with criterion:
+//!
+//! ```sh
+//! cargo bench -p split-core --bench kernels            # all, ~2 min
+//! cargo bench -p split-core --bench kernels -- q4_1    # one group
+//! ```
+//!
+//! - `q4_1/*`: a SmolLM2-135M projection (random Q4_1 weights of the model's shapes) on 1 and 4
+//!   activation rows, candle's kernel against ours ([`PackedQ4_1`], same bits);
+//! - `head_q8_0`: the tied Q8_0 LM head (49,152 × 576) on one row, candle's kernel;
+//! - `wire/*`: a hidden state to wire bytes and back, decode (1 × 576) and prefill (512 × 576)
+//!   sized, f32 and f16;
+//! - `channel/*`: one decode-sized message through a clean channel and through Rayleigh fading
+//!   with noise at 20 dB.
+//!
+//! `scripts/bench.sh` runs them and copies the medians into `docs/benchmarks.md`.
+
+use std::hint::black_box;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use split_core::channel::{Channel, ChannelConfig};
+use split_core::model::PackedQ4_1;
+use split_core::wire::{WireDType, WireTensor};
+
+/// Deterministic values in [-0.5, 0.5).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f32 / (1u64 << 53) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn matrix(n: usize, k: usize, dtype: GgmlDType) -> QTensor {
+    let w = Tensor::from_vec(values(n * k, (n * k) as u64), (n, k), &Device::Cpu).unwrap();
+    QTensor::quantize(&w, dtype).unwrap()
+}
+
+fn q4_1(c: &mut Criterion) {
+    let mut group = c.benchmark_group("q4_1");
+    // (name, n = output columns, k = inner): SmolLM2-135M's gate/up and down projections.
+    for (name, n, k) in [("gate_1536x576", 1536, 576), ("down_576x1536", 576, 1536)] {
+        let q = matrix(n, k, GgmlDType::Q4_1);
+        let packed = PackedQ4_1::new(&q).unwrap().expect("q4_1 packs");
+        let candle = QMatMul::from_qtensor(q).unwrap();
+        for rows in [1usize, 4] {
+            let x = Tensor::from_vec(values(rows * k, 7), (rows, 1, k), &Device::Cpu).unwrap();
+            group.throughput(Throughput::Elements((rows * n * k) as u64));
+            group.bench_with_input(BenchmarkId::new(format!("{name}/candle"), rows), &x, |b, x| b.iter(|| candle.forward(black_box(x)).unwrap()));
+            group.bench_with_input(BenchmarkId::new(format!("{name}/packed"), rows), &x, |b, x| b.iter(|| packed.matmul(black_box(x)).unwrap()));
+        }
+    }
+    group.finish();
+}
+
+fn head(c: &mut Criterion) {
+    let (n, k) = (49_152, 576);
+    let head = QMatMul::from_qtensor(matrix(n, k, GgmlDType::Q8_0)).unwrap();
+    let x = Tensor::from_vec(values(k, 3), (1, k), &Device::Cpu).unwrap();
+    let mut group = c.benchmark_group("head_q8_0");
+    group.throughput(Throughput::Elements((n * k) as u64));
+    group.bench_function("49152x576/1", |b| b.iter(|| head.forward(black_box(&x)).unwrap()));
+    group.finish();
+}
+
+fn wire(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wire");
+    for (name, rows) in [("decode", 1usize), ("prefill", 512)] {
+        let hidden = values(rows * 576, 5);
+        for dtype in [WireDType::F32, WireDType::F16] {
+            group.throughput(Throughput::Bytes((rows * 576 * dtype.size()) as u64));
+            group.bench_function(format!("{name}/{dtype}/encode"), |b| {
+                b.iter(|| WireTensor::from_f32(dtype, vec![1, rows, 576], black_box(&hidden)).unwrap())
+            });
+            let t = WireTensor::from_f32(dtype, vec![1, rows, 576], &hidden).unwrap();
+            group.bench_function(format!("{name}/{dtype}/decode"), |b| b.iter(|| black_box(&t).to_f32_vec()));
+        }
+    }
+    group.finish();
+}
+
+fn channel(c: &mut Criterion) {
+    let mut group = c.benchmark_group("channel");
+    let faded = ChannelConfig { snr_db: 20.0, fading_m: Some(1.0), noise: true, ..ChannelConfig::default() };
+    for (name, config) in [("clean", ChannelConfig::default()), ("rayleigh_noise_20db", faded)] {
+        let mut ch = Channel::new(config, 1).unwrap();
+        let hidden = values(576, 9);
+        group.bench_function(format!("decode/{name}"), |b| {
+            b.iter_batched_ref(|| hidden.clone(), |v| ch.transmit(v, 4), criterion::BatchSize::SmallInput)
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, q4_1, head, wire, channel);
+criterion_main!(benches);
