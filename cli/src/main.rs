@@ -140,6 +140,9 @@ struct GenerateArgs {
     chat: bool,
     #[arg(long, short = 'n', default_value_t = 64, env = "SPLITINFER_MAX_NEW_TOKENS")]
     max_new_tokens: usize,
+    /// Generate all --max-new-tokens tokens, going on past end-of-sequence tokens.
+    #[arg(long, env = "SPLITINFER_IGNORE_EOS")]
+    ignore_eos: bool,
     /// 0 is greedy decoding.
     #[arg(long, default_value_t = 0.0, env = "SPLITINFER_TEMPERATURE")]
     temperature: f32,
@@ -325,7 +328,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         print!("{}{}", args.prompt, if args.chat { "\n" } else { "" });
         stdout.flush()?;
     }
-    let out = generate(runner.as_mut(), &tokenizer, &prompt_ids, args.max_new_tokens, &mut sampler, true, &mut |tok| {
+    let out = generate(runner.as_mut(), &tokenizer, &prompt_ids, args.max_new_tokens, &mut sampler, !args.ignore_eos, &mut |tok| {
         ids.push(tok.id);
         if !args.json && !tokenizer.is_eos(tok.id) {
             let piece = tokenizer.decode_incremental(&ids, &mut printed)?;

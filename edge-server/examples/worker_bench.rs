@@ -49,6 +49,7 @@ async fn session(
             epoch: 0,
             sampling: SamplingConfig::GREEDY,
             max_new_tokens: steps + 1,
+            ignore_eos: false,
             prompt_tokens: prompt.len(),
             client: "worker_bench".into(),
             resume: None,

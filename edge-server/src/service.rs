@@ -295,6 +295,7 @@ impl SessionTask {
             epoch: open_split.epoch,
             sampling,
             max_new_tokens: open.max_new_tokens as usize,
+            ignore_eos: open.ignore_eos,
             prompt_tokens: open.prompt_tokens as usize,
             client: open.client,
             resume,

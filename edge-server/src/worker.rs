@@ -54,6 +54,8 @@ pub struct OpenParams {
     pub epoch: u64,
     pub sampling: SamplingConfig,
     pub max_new_tokens: usize,
+    /// Generation goes on past end-of-sequence tokens until `max_new_tokens`.
+    pub ignore_eos: bool,
     pub prompt_tokens: usize,
     pub client: String,
     pub resume: Option<SessionId>,
@@ -238,6 +240,7 @@ struct Session {
     sampler: Sampler,
     prompt_tokens: usize,
     max_new_tokens: usize,
+    ignore_eos: bool,
     generated: usize,
     finished: bool,
     attached: bool,
@@ -274,7 +277,7 @@ fn sample(sess: &mut Session, model: &LoadedModel, logits: &[f32]) -> Result<(u3
     let sampled = sess.sampler.sample(logits)?;
     sess.generated += 1;
     let eos = model.tokenizer.is_eos(sampled.id);
-    sess.finished = eos || sess.generated >= sess.max_new_tokens;
+    sess.finished = (eos && !sess.ignore_eos) || sess.generated >= sess.max_new_tokens;
     Ok((sampled.id, sampled.logprob, eos))
 }
 
@@ -384,6 +387,7 @@ impl State {
                 sampler: Sampler::new(p.sampling)?,
                 prompt_tokens: p.prompt_tokens,
                 max_new_tokens: p.max_new_tokens,
+                ignore_eos: p.ignore_eos,
                 generated: 0,
                 finished: false,
                 attached: true,

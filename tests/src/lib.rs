@@ -114,6 +114,7 @@ pub fn greedy_request(prompt: &str, k: usize, max_new_tokens: usize) -> ue_clien
         split: model.model.split_point(k).unwrap(),
         wire: split_core::wire::WireDType::F32,
         max_new_tokens,
+        ignore_eos: false,
         sampling: split_core::sampling::SamplingConfig::GREEDY,
         prefill_chunk: 0,
         client: "test".into(),

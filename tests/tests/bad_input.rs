@@ -22,6 +22,7 @@ fn open(k: u32, prompt_tokens: u32) -> pb::UeMessage {
             prompt_tokens,
             client: "bad-input-test".into(),
             resume_session_id: String::new(),
+            ignore_eos: false,
         })),
     }
 }

@@ -33,6 +33,10 @@ pub struct UeConfig {
     pub chat: bool,
     #[arg(long, short = 'n', env = "UE_MAX_NEW_TOKENS", default_value_t = 64)]
     pub max_new_tokens: usize,
+    /// Generate all --max-new-tokens tokens, going on past end-of-sequence tokens (runs of a
+    /// fixed length, for benchmarks and repeatable experiments).
+    #[arg(long, env = "UE_IGNORE_EOS")]
+    pub ignore_eos: bool,
     /// 0 is greedy.
     #[arg(long, env = "UE_TEMPERATURE", default_value_t = 0.0)]
     pub temperature: f32,

@@ -59,6 +59,8 @@ pub struct GenerateRequest {
     pub split: SplitPoint,
     pub wire: WireDType,
     pub max_new_tokens: usize,
+    /// Go on past end-of-sequence tokens until `max_new_tokens`, for runs of a fixed length.
+    pub ignore_eos: bool,
     pub sampling: SamplingConfig,
     /// Rows per prefill message; 0 sends the prompt in one message.
     pub prefill_chunk: usize,
@@ -234,6 +236,7 @@ pub async fn generate_adaptive(
             prompt_tokens: req.prompt.len() as u32,
             client: req.client.clone(),
             resume_session_id: String::new(),
+            ignore_eos: req.ignore_eos,
         })),
     };
     let mut bytes_up = send(&tx, open).await?;
@@ -336,7 +339,7 @@ pub async fn generate_adaptive(
         };
         on_token(&event);
         tokens.push(event);
-        if t.eos {
+        if t.eos && !req.ignore_eos {
             stop_eos = true;
             break;
         }

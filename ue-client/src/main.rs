@@ -42,6 +42,7 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         split,
         wire: config.wire_dtype,
         max_new_tokens: config.max_new_tokens,
+        ignore_eos: config.ignore_eos,
         sampling,
         prefill_chunk: config.prefill_chunk,
         client: config.name.clone(),
