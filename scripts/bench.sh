@@ -16,5 +16,10 @@ export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
 echo "bench: building..." >&2
 cargo build --release -q -p edge-server -p splitinfer -p splitinfer-tests --bin bench --bin edge-server --bin splitinfer
 "$bin/splitinfer" fetch-assets >/dev/null
+# Criterion's micro-benchmarks first (~2 min); the harness copies their medians into the table.
+echo "bench: criterion micro-benchmarks (split-core/benches/kernels.rs)..." >&2
+export CRITERION_HOME="${CARGO_TARGET_DIR:-target}/criterion"
+rm -rf "$CRITERION_HOME"
+cargo bench -q -p split-core --bench kernels -- --warm-up-time 1 --measurement-time 3 >&2
 RUST_LOG="${RUST_LOG:-warn}" "$bin/bench" "$out" >/dev/null
 echo "bench: see $out" >&2
