@@ -275,7 +275,7 @@ fn per_head_gemv(lhs: &Tensor, kv: &Tensor, n_rep: usize, transposed: bool, n: u
         // `inner` by `n`, inside the two slices, which outlive this call; `out` has room for `n`
         // values after `h * n`, written with unit column stride, and no two heads' ranges
         // overlap. No other reference writes these buffers meanwhile (the read guards are held
-        // and `out` is borrowed only through this pointer until the pool returns).
+        // and `out` is borrowed only through this pointer until the loop ends).
         unsafe {
             gemm::gemm(
                 1,
