@@ -267,28 +267,27 @@ fn per_head_gemv(lhs: &Tensor, kv: &Tensor, n_rep: usize, transposed: bool, n: u
     // gemm runs a one-row product on the calling thread alone. Sharing the heads out over
     // candle's matmul workers kept the bits but was no faster here (the GQA heads of one kv head
     // then read its rows on two cores), so they run one after another.
-    let (out_at, lhs_at0, kv_at0) = (out.as_mut_ptr() as usize, lhs_data.as_ptr() as usize, kv_data.as_ptr() as usize);
-    let head = |h: usize| {
+    for h in 0..heads {
         let lhs_at = lhs_layout.start_offset() + h * ls[1];
         let kv_at = kv_layout.start_offset() + (h / n_rep) * ks[1];
         // SAFETY: the check above keeps every element read, at these offsets and strides over
         // `inner` by `n`, inside the two slices, which outlive this call; `out` has room for `n`
         // values after `h * n`, written with unit column stride, and no two heads' ranges
         // overlap. No other reference writes these buffers meanwhile (the read guards are held
-        // and `out` is borrowed only through this pointer until the loop ends).
+        // and `out` is written only through this pointer).
         unsafe {
             gemm::gemm(
                 1,
                 n,
                 inner,
-                (out_at as *mut f32).add(h * n),
+                out.as_mut_ptr().add(h * n),
                 1,
                 n as isize,
                 false,
-                (lhs_at0 as *const f32).add(lhs_at),
+                lhs_data.as_ptr().add(lhs_at),
                 lhs_cs as isize,
                 lhs_rs as isize,
-                (kv_at0 as *const f32).add(kv_at),
+                kv_data.as_ptr().add(kv_at),
                 rhs_cs as isize,
                 rhs_rs as isize,
                 0f32,
@@ -299,8 +298,7 @@ fn per_head_gemv(lhs: &Tensor, kv: &Tensor, n_rep: usize, transposed: bool, n: u
                 parallelism,
             );
         }
-    };
-    (0..heads).for_each(head);
+    }
     Ok(out)
 }
 
