@@ -6,7 +6,9 @@
 #   scripts/bench.sh [OUT.md]
 #
 # llama.cpp is measured as the reference for raw model speed when scripts/install-llamacpp.sh has
-# installed it (into the asset cache); otherwise the table says it was not measured.
+# installed it (into the asset cache); otherwise the table says it was not measured. When perf can
+# record here, scripts/profile.sh runs first (~4 min) and its profile explains the missed targets
+# (section 8); BENCH_NO_PROFILE=1 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-docs/benchmarks.md}"
@@ -21,5 +23,13 @@ echo "bench: criterion micro-benchmarks (split-core/benches/kernels.rs)..." >&2
 export CRITERION_HOME="${CARGO_TARGET_DIR:-target}/criterion"
 rm -rf "$CRITERION_HOME"
 cargo bench -q -p split-core --bench kernels -- --warm-up-time 1 --measurement-time 3 >&2
+if [ -z "${BENCH_NO_PROFILE:-}" ] && command -v perf >/dev/null && perf record -q -o /dev/null -- true 2>/dev/null; then
+  echo "bench: profiling (scripts/profile.sh)..." >&2
+  export PROFILE_DIR="${CARGO_TARGET_DIR:-target}/profile"
+  scripts/profile.sh
+  export BENCH_PROFILE_DIR="$PROFILE_DIR"
+else
+  echo "bench: not profiling (perf missing, not permitted, or BENCH_NO_PROFILE set)" >&2
+fi
 RUST_LOG="${RUST_LOG:-warn}" "$bin/bench" "$out" >/dev/null
 echo "bench: see $out" >&2

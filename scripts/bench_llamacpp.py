@@ -8,10 +8,17 @@ sampler), the median of N repeats of
   prefill: the first 512 tokens of the Brown news text (the model's own tokenizer), one batch
            (n_batch=512), on an empty KV cache; only the last position's logits unless
            --logits-all (which computes all 512, as a perplexity run does);
-  decode:  64 greedy tokens after a short prompt, one token per `llama_decode`, timing only those
-           64 steps (the argmax between steps is not timed).
+  decode:  64 greedy tokens, one token per `llama_decode`, timing only those 64 steps (the argmax
+           between steps is not timed); twice: after a short prompt (`decode_tok_s`, context < 80)
+           and right after the 512-token prefill (`decode_long_tok_s`, context 512..576), where
+           attention over the KV cache is a larger part of each step.
 The KV cache is cleared before every repeat. Prints one JSON object on stdout; llama.cpp's
 system info (which SIMD paths it was built with) also goes to stderr.
+
+With --profile PHASE (for scripts/profile.sh, under `perf record --control`), it instead runs
+--profile-rounds (default 7) generations of the harness's profile (a 256-token prompt, then 256 greedy tokens), opens perf's gate
+(PERF_CTL_FIFO / PERF_ACK_FIFO) only around PHASE (prefill or decode) and prints
+`profiled<TAB>tokens<TAB>wall_ms`.
 """
 
 import argparse
@@ -91,6 +98,55 @@ def decode_once(llm: Llama, prompt: list, n_new: int) -> tuple:
     return n_new / elapsed, out
 
 
+class PerfGate:
+    """perf record's control FIFOs: sampling is on only between open() and close()."""
+
+    def __init__(self):
+        self.ctl = open(os.environ["PERF_CTL_FIFO"], "w")
+        self.ack = open(os.environ["PERF_ACK_FIFO"], "r")
+        self.wall = 0.0
+        self.t0 = None
+
+    def _command(self, cmd: str) -> None:
+        self.ctl.write(cmd + "\n")
+        self.ctl.flush()
+        self.ack.readline()
+
+    def open(self) -> None:
+        self._command("enable")
+        self.t0 = time.perf_counter()
+
+    def close(self) -> None:
+        self.wall += time.perf_counter() - self.t0
+        self._command("disable")
+
+
+def profile(llm: Llama, text_tokens: list, phase: str, rounds: int = 7, n_prompt: int = 256, n_new: int = 256) -> None:
+    gate = PerfGate()
+    prompt = text_tokens[:n_prompt]
+    tokens = 0
+    for _ in range(rounds):
+        clear_kv(llm)
+        if phase == "prefill":
+            gate.open()
+        llm.eval(prompt)
+        sync(llm)
+        if phase == "prefill":
+            gate.close()
+            tokens += len(prompt)
+        tok = int(np.argmax(last_logits(llm)))
+        if phase == "decode":
+            gate.open()
+        for _ in range(n_new - 1):
+            llm.eval([tok])
+            sync(llm)
+            tok = int(np.argmax(last_logits(llm)))
+        if phase == "decode":
+            gate.close()
+            tokens += n_new - 1
+    print(f"profiled\t{tokens}\t{gate.wall * 1e3:.1f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=CACHE / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -102,6 +158,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--logits-all", action="store_true",
                     help="compute logits for every prefill position (as a perplexity run does)")
+    ap.add_argument("--profile", choices=["prefill", "decode"],
+                    help="the profile mode of scripts/profile.sh (see above)")
+    ap.add_argument("--profile-rounds", type=int, default=7, help="generations in --profile mode")
     args = ap.parse_args()
 
     if not args.model.is_file():
@@ -131,8 +190,11 @@ def main() -> int:
         print(f"bench_llamacpp: {args.text} has only {len(text_tokens)} tokens", file=sys.stderr)
         return 1
     prefill_tokens = text_tokens[: args.prefill_tokens]
+    if args.profile:
+        profile(llm, text_tokens, args.profile, rounds=args.profile_rounds)
+        return 0
     prompt_tokens = llm.tokenize(args.prompt.encode("utf-8"), add_bos=True)
-    if len(prompt_tokens) + 1 + args.decode_tokens > 2048:
+    if max(len(prompt_tokens), len(prefill_tokens)) + 1 + args.decode_tokens > 2048:
         print("bench_llamacpp: prompt plus decode tokens exceed n_ctx 2048", file=sys.stderr)
         return 1
 
@@ -141,12 +203,14 @@ def main() -> int:
     prefill_once(llm, prefill_tokens)
     decode_once(llm, prompt_tokens, 8)
 
-    prefills, decodes, generated = [], [], None
+    prefills, decodes, decodes_long, generated = [], [], [], None
     for _ in range(args.repeats):
         prefills.append(prefill_once(llm, prefill_tokens))
         tps, out = decode_once(llm, prompt_tokens, args.decode_tokens)
         decodes.append(tps)
         generated = generated or out
+        tps, _ = decode_once(llm, prefill_tokens, args.decode_tokens)
+        decodes_long.append(tps)
     load_after = loadavg()
 
     result = {
@@ -154,10 +218,12 @@ def main() -> int:
         "threads": args.threads,
         "prefill_tok_s": round(statistics.median(prefills), 1),
         "decode_tok_s": round(statistics.median(decodes), 1),
+        "decode_long_tok_s": round(statistics.median(decodes_long), 1),
         "repeats": {
             "n": args.repeats,
             "prefill_tok_s": [round(x, 1) for x in prefills],
             "decode_tok_s": [round(x, 1) for x in decodes],
+            "decode_long_tok_s": [round(x, 1) for x in decodes_long],
         },
         "cpu": cpu_model(),
         "model": str(args.model),
