@@ -5,7 +5,8 @@
 # `perf record`. perf samples only one phase of each generation (the harness opens and closes it
 # through perf's control FIFO): the decode after the first token, then, in other recordings, the
 # prefill. Each generation is a 256-token prompt, then 256 greedy tokens; the runs take turns,
-# PROFILE_ROUNDS (4) rounds of 2 generations each.
+# PROFILE_ROUNDS (4) rounds of 2 generations each. The decode recordings also sample section 3's
+# runs of 1 and 16 concurrent UEs (`sessions:1`, `sessions:16`), whole.
 #
 #   scripts/profile.sh [K:WIRE]        # default 1:f16, the table's worst split so far
 #
@@ -37,8 +38,11 @@ runs=(mono "$split")
 # each of $rounds rounds records every run for 2 generations, and the summary adds the rounds up.
 rounds="${PROFILE_ROUNDS:-4}"
 for phase in decode prefill; do
+  phase_runs=("${runs[@]}")
+  # Section 3's 1 and 16 concurrent UEs, for its target (whole runs; decode only).
+  [ "$phase" = decode ] && phase_runs+=(sessions:1 sessions:16)
   for round in $(seq 1 "$rounds"); do
-    for r in "${runs[@]}"; do
+    for r in "${phase_runs[@]}"; do
       name="$phase-${r/:/-}-$round"
       echo "profile: recording the $phase of $r (round $round of $rounds)..." >&2
       if [ "$r" = llama.cpp ]; then
@@ -58,7 +62,7 @@ for phase in decode prefill; do
       done
     done
   done
-  for r in "${runs[@]}"; do
+  for r in "${phase_runs[@]}"; do
     awk -v f="$freq" -F'\t' -v p="$phase" -v r="$r" \
       '$2 == p && $3 == r && $1 == "run" {t += $4; w += $5} $1 == "samples" && $2 == p && $3 == r && $4 == "comm" {s += $5} END {printf "profile: %s of %s: %d tokens, %.2f ms wall and %.2f ms CPU per token\n", p, r, t, w / t, s / f * 1000 / t}' \
       "$out/summary.tsv" >&2

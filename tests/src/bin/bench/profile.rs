@@ -221,7 +221,7 @@ impl Profile {
 
 /// The split run of a profile (the one that is neither `mono` nor `llama.cpp`).
 fn split_name(p: &Profile, phase: &str) -> Option<String> {
-    p.runs.keys().find(|(ph, r)| ph == phase && r != "mono" && r != "llama.cpp").map(|(_, r)| r.clone())
+    p.runs.keys().find(|(ph, r)| ph == phase && r != "mono" && r != "llama.cpp" && !r.starts_with("sessions:")).map(|(_, r)| r.clone())
 }
 
 /// The "what limits it" text for a missed target, from the profile: `decode` or `prefill` (the
@@ -231,6 +231,19 @@ pub fn note(what: &str, profile: &Option<Profile>) -> String {
         return "not profiled: scripts/profile.sh did not run (it needs perf; scripts/bench.sh runs it when perf can record)".into();
     };
     let phase = if what == "prefill" { "prefill" } else { "decode" };
+    if what == "sessions" {
+        let (Some(one), Some(many)) = (p.get("decode", "sessions:1"), p.get("decode", "sessions:16")) else {
+            return "the profile has no runs of 1 and 16 sessions".into();
+        };
+        let usage = |r: &Run| format!("{:.2} ms wall and {:.2} ms CPU per token ({:.2} cores busy)", r.wall_ms_per_token(), r.cpu_ms(), r.cpu_ms() / r.wall_ms_per_token());
+        return format!(
+            "perf of whole runs (section 8, `sessions:1` and `sessions:16`): 16 sessions take {} against {} for one; per token the CPU changes by function group: {}; by thread: {}",
+            usage(many),
+            usage(one),
+            Profile::difference(one, many, 5),
+            many.by_comm.iter().take(4).map(|(c, n)| format!("{c} {:.2} ms", many.ms(*n))).collect::<Vec<_>>().join(", ")
+        );
+    }
     let (a_name, b_name) = match what {
         "raw" => ("mono".to_string(), "llama.cpp".to_string()),
         _ => match split_name(p, phase) {
@@ -271,7 +284,7 @@ pub fn section(p: &Profile) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "\n## 8. Where the time goes (perf)\n\n`{}`. perf samples each core at 1999 Hz only while the harness (or scripts/bench_llamacpp.py) has the phase open: the prefill of a 256-token prompt, or the 255 decode steps after it. The runs take turns (rounds of 2 generations of each), so a drift in the machine's speed reaches all of them alike. Figures are CPU milliseconds per token (samples ÷ 1999 Hz ÷ tokens), so on 2 cores they can add up to twice the wall time; \"cores busy\" is CPU over wall time. Groups match function names (profile.rs, `GROUPS`); spinning thread pools count as busy.\n",
+        "\n## 8. Where the time goes (perf)\n\n`{}`. perf samples each core at 1999 Hz only while the harness (or scripts/bench_llamacpp.py) has the phase open: the prefill of a 256-token prompt, or the 255 decode steps after it; `sessions:N` is section 3's run of N concurrent UEs at k = 0 (32 tokens each), sampled whole, prefills included. The runs take turns (rounds of 2 generations of each), so a drift in the machine's speed reaches all of them alike. Figures are CPU milliseconds per token (samples ÷ 1999 Hz ÷ tokens), so on 2 cores they can add up to twice the wall time; \"cores busy\" is CPU over wall time. Groups match function names (profile.rs, `GROUPS`); spinning thread pools count as busy.\n",
         p.source
     );
     for phase in ["decode", "prefill"] {
@@ -279,6 +292,7 @@ pub fn section(p: &Profile) -> String {
         runs.sort_by_key(|(r, _)| match r.as_str() {
             "mono" => 0,
             "llama.cpp" => 2,
+            r if r.starts_with("sessions:") => 3,
             _ => 1,
         });
         if runs.is_empty() {
