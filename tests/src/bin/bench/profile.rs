@@ -268,12 +268,17 @@ pub fn note(what: &str, profile: &Option<Profile>) -> String {
             spin(a)
         )
     } else {
-        format!(
-            "perf of the {phase} (section 8, split {b_name}): {} per token against {} monolithic; the split's CPU per token changes by function group: {}",
-            usage(b),
-            usage(a),
-            Profile::difference(a, b, 4)
-        )
+        let changes = Profile::difference(a, b, 4);
+        let changes = if changes.is_empty() {
+            format!(
+                "no function group changes by 0.05 ms or more, so the wall time grows because fewer cores are busy ({:.2} against {:.2}): the UE's layers and the edge's run one after the other",
+                b.cpu_ms() / b.wall_ms_per_token(),
+                a.cpu_ms() / a.wall_ms_per_token()
+            )
+        } else {
+            format!("the split's CPU per token changes by function group: {changes}")
+        };
+        format!("perf of the {phase} (section 8, split {b_name}): {} per token against {} monolithic; {changes}", usage(b), usage(a))
     }
 }
 
