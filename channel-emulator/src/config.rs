@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use split_core::channel::args::ChannelArgs;
+use crate::channel_args::ChannelArgs;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(

@@ -5,10 +5,10 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use split_core::channel::args::{parse_preset, preset};
-use split_core::channel::trace::{Mobility, Trace, TracePoint};
-use split_core::channel::{ChannelConfig, Transmission};
-use split_core::error::Result;
+use splitinfer_link::channel::{parse_preset, preset};
+use splitinfer_link::channel::trace::{Mobility, Trace, TracePoint};
+use splitinfer_link::channel::{ChannelConfig, Transmission};
+use splitinfer_link::Result;
 use splitinfer_proto::v1 as pb;
 
 /// What one relayed activation went through.
@@ -265,13 +265,13 @@ pub fn start_alternating(shared: std::sync::Arc<Shared>, period: Duration, shutd
 /// The trace a control request or the flags name, with its scenario name.
 pub fn trace_for(path: Option<&std::path::Path>, mobility: Option<&str>, seed: u64) -> Result<Option<(String, Trace)>> {
     match (path, mobility) {
-        (Some(_), Some(_)) => Err(split_core::Error::InvalidArgument("give a trace or a mobility scenario, not both".into())),
+        (Some(_), Some(_)) => Err(splitinfer_link::Error::InvalidArgument("give a trace or a mobility scenario, not both".into())),
         (Some(p), None) => Ok(Some((format!("trace {}", p.display()), Trace::load(p)?))),
         (None, Some(m)) => {
             let model = match m {
                 "pedestrian" => Mobility::PEDESTRIAN,
                 "vehicular" => Mobility::VEHICULAR,
-                other => return Err(split_core::Error::InvalidArgument(format!("unknown mobility {other:?}; known: pedestrian, vehicular"))),
+                other => return Err(splitinfer_link::Error::InvalidArgument(format!("unknown mobility {other:?}; known: pedestrian, vehicular"))),
             };
             // One hour at 100 ms steps; replay loops after it.
             Ok(Some((format!("mobility-{m}"), model.trace(3_600_000, 100, seed))))

@@ -12,6 +12,7 @@
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.
 
 pub mod api;
+pub mod channel_args;
 pub mod config;
 pub mod control;
 pub mod link;

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use split_core::channel::{Channel, Transmission};
+use splitinfer_link::channel::{Channel, Transmission};
 
 use crate::control::{Record, Shared};
-use split_core::wire::WireTensor;
+use splitinfer_link::wire::WireTensor;
 use splitinfer_proto::v1 as pb;
 
 /// Counters of what crossed the link.
@@ -61,7 +61,7 @@ impl Uplink for Impaired {
         if self.channel.config().is_clean() {
             // Only air time: the bytes go through untouched.
             let mut none = Vec::new();
-            let mut t = self.channel.transmit(&mut none, tensor.dtype().size());
+            let mut t = self.channel.transmit(&mut none, tensor.dtype().bits());
             let bits = (tensor.data().len() * 8) as f64;
             t.airtime += Duration::from_secs_f64(self.channel.config().link.serialization_s(bits, 10f64.powf(self.channel.config().snr_db / 10.0)));
             return t;
@@ -70,6 +70,7 @@ impl Uplink for Impaired {
             Ok((out, t)) => {
                 activation.hidden = Some(out.into());
                 activation.erasure_mask = t.erasure_mask.clone().into();
+                activation.erased = t.erased.clone().into();
                 t
             }
             Err(e) => {

@@ -45,7 +45,7 @@ impl Edge for Proxy {
         // version), so a run replays.
         let build = move |snap: &crate::control::Snapshot| -> Box<dyn Uplink> {
             match &snap.channel {
-                Some(c) if !snap.paused => match split_core::channel::Channel::new(
+                Some(c) if !snap.paused => match splitinfer_link::channel::Channel::new(
                     c.clone(),
                     seed.wrapping_add(n).wrapping_add(snap.version.wrapping_mul(1_000_003)),
                 ) {

@@ -3,6 +3,7 @@
 //! running agent ([`agent`]: status, overrides) and probe any service's health ([`health`]).
 
 mod agent;
+mod calibrate;
 mod figure;
 mod health;
 mod rl;
@@ -15,16 +16,18 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use split_core::assets::{self, ModelAsset};
-use split_core::boundary::{Boundary, CleanWire};
-use split_core::channel::args::ChannelArgs;
+use split_core::boundary::{Boundary, ChannelBoundary, CleanWire};
+use channel_emulator::channel_args::ChannelArgs;
 use split_core::channel::trace::Mobility;
-use split_core::channel::{Channel, ChannelBoundary};
+use split_core::channel::Channel;
 use split_core::bundle::{LoadedModel, resolve_model};
 use split_core::model::SplitModel;
 use split_core::perplexity::{PplConfig, perplexity};
 use split_core::pipeline::{Forward, InProcessSplit, Monolithic, generate};
 use split_core::sampling::{Sampler, SamplingConfig};
 use split_core::tokenizer::Tokenizer;
+use split_core::calibration::Calibration;
+use split_core::transform::{Concealment, LinkSetup, Normalization};
 use split_core::wire::WireDType;
 
 #[derive(Debug, Parser)]
@@ -58,6 +61,10 @@ enum Command {
     /// The analogue of the paper's Figure 3: perplexity against the split layer under several
     /// SNRs and erasure rates, evaluated into a resumable CSV and drawn as a PNG.
     Figure3(Figure3Args),
+    /// Activation statistics at every layer boundary on calibration text (never the evaluation
+    /// text), for the transmitter's standardization and the receiver's mean concealment; also
+    /// prints what an erased element costs with zero-fill against mean-fill at each k.
+    Calibrate(calibrate::CalibrateArgs),
     /// Write a generated mobility trace (t_ms,snr_db,m) as CSV, the format the emulator's
     /// --trace replays.
     Trace {
@@ -105,14 +112,14 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct ModelArgs {
+pub struct ModelArgs {
     /// A GGUF file (llama or qwen2 architecture). Without it the default model is used, fetched
     /// into the cache first if missing.
     #[arg(long, env = "SPLITINFER_MODEL")]
-    model: Option<PathBuf>,
+    pub model: Option<PathBuf>,
     /// A known model to fetch and use when --model is not given.
     #[arg(long, default_value = "smollm2-135m", env = "SPLITINFER_MODEL_NAME")]
-    model_name: String,
+    pub model_name: String,
 }
 
 #[derive(Debug, Args)]
@@ -121,7 +128,8 @@ struct SplitArgs {
     /// state crossing a wire between them. Omit it to run the unsplit model.
     #[arg(long, env = "SPLITINFER_SPLIT")]
     split: Option<usize>,
-    /// Element type of the hidden state on the wire: f32 (exact), f16 or bf16.
+    /// Element type of the hidden state on the wire: f32 (exact), f16 or bf16 (values, the analog
+    /// link), or int8, int4, int8-outlier, int4-outlier (codecs, the digital link).
     #[arg(long, default_value = "f32", env = "SPLITINFER_WIRE_DTYPE")]
     wire_dtype: WireDType,
 }
@@ -184,9 +192,66 @@ struct PplArgs {
     repeats: usize,
     #[command(flatten)]
     channel_args: ChannelArgs,
+    #[command(flatten)]
+    link: LinkArgs,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
+}
+
+/// The transmitter's and receiver's processing around the channel (the codec is --wire-dtype).
+#[derive(Debug, Args)]
+struct LinkArgs {
+    /// Transmitter normalization: identity, or standardize ((y − μ)/σ per dimension with the
+    /// calibration statistics, undone at the receiver).
+    #[arg(long, default_value = "identity", env = "SPLITINFER_NORMALIZATION")]
+    normalization: Normalization,
+    /// What the receiver fills erased elements with: zero (the reference) or mean (each
+    /// dimension's calibration mean).
+    #[arg(long, default_value = "zero", env = "SPLITINFER_CONCEALMENT")]
+    concealment: Concealment,
+    /// Calibration statistics of the model (`splitinfer calibrate`), for standardize and mean.
+    /// Default: calibration/<model name>.json in this directory when the model is a known one.
+    #[arg(long, env = "SPLITINFER_CALIBRATION")]
+    calibration: Option<PathBuf>,
+}
+
+impl LinkArgs {
+    fn setup(&self, dtype: WireDType) -> LinkSetup {
+        LinkSetup { dtype, normalization: self.normalization, concealment: self.concealment }
+    }
+
+    /// The calibration file, checked against the model, when the setup needs one.
+    fn load(&self, model: &SplitModel) -> Result<Option<Calibration>> {
+        if !self.setup(WireDType::F32).needs_calibration() {
+            return Ok(None);
+        }
+        let sha = assets::sha256_file(model.path())?;
+        let path = match &self.calibration {
+            Some(p) => p.clone(),
+            None => default_calibration(&sha).ok_or_else(|| {
+                anyhow::anyhow!("--normalization {} / --concealment {} need --calibration FILE (make one with `splitinfer calibrate`)", self.normalization, self.concealment)
+            })?,
+        };
+        Ok(Some(Calibration::load(&path, Some(&sha))?))
+    }
+}
+
+/// `calibration/<name>.json` for the known model with this sha256, if that file exists here.
+fn default_calibration(sha256: &str) -> Option<PathBuf> {
+    let asset = assets::MODELS.iter().find(|m| m.sha256 == sha256)?;
+    let p = PathBuf::from("calibration").join(format!("{}.json", asset.name));
+    p.is_file().then_some(p)
+}
+
+/// Analog noise perturbs numbers; a quantized codec's packets are delivered intact or lost.
+fn check_digital(c: &split_core::channel::ChannelConfig, dtype: WireDType) -> Result<()> {
+    if c.noise && !dtype.is_value() {
+        anyhow::bail!(
+            "--noise adds analog noise to values, but wire dtype {dtype} is a digital codec whose packets arrive intact or are lost (set --loss-rate-bps for outage, drop --noise or the preset's noise with --preset static)"
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -196,31 +261,39 @@ struct Figure3Args {
     /// Plain-text file to score. Default: the Brown news files ca01-ca44.
     #[arg(long, env = "SPLITINFER_TEXT")]
     text: Option<PathBuf>,
-    /// The PNG to write.
-    #[arg(long, default_value = "docs/figure3.png")]
-    out: PathBuf,
-    /// The profile CSV: rows already there are not evaluated again.
-    #[arg(long, default_value = "docs/figure3.csv")]
-    csv: PathBuf,
-    /// Split points (default: 0, 1, 3, then every 3 layers, and L-1).
+    /// Directory for profile.csv (resumable: rows there are not evaluated again), figure3.png
+    /// and report.md. Default: docs/link/<model name>.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Split points (default: every k from 0 to L).
     #[arg(long, value_delimiter = ',')]
     ks: Vec<usize>,
-    /// Mean SNRs (dB) of the analog-noise panel.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 10.0, 20.0], allow_negative_numbers = true)]
-    snr_dbs: Vec<f64>,
-    /// Erasure probabilities of the reference-mode panel.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.01, 0.1, 0.3])]
-    erasure_ps: Vec<f64>,
-    /// Channel seeds per point (perplexity is averaged over them).
-    #[arg(long, default_value_t = 2)]
+    /// Modes to evaluate instead of the default plan (raw, rx, rx-mmse, or a codec: int8, int4,
+    /// int8-outlier, int4-outlier, f16, with -id for no normalization). Needs --channels.
+    #[arg(long, value_delimiter = ',', requires = "channels")]
+    modes: Vec<String>,
+    /// Channels for --modes: clean, rayleigh:DB, awgn:DB, erasure:P.
+    #[arg(long, value_delimiter = ',', requires = "modes")]
+    channels: Vec<String>,
+    /// Channel seeds per point.
+    #[arg(long, default_value_t = 3)]
     seeds: u64,
     /// Tokens of the text to score per evaluation.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 4096)]
     max_tokens: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     window: usize,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 512)]
     stride: usize,
+    /// Stop after this many new evaluations (0 = run the whole plan); a later run goes on.
+    #[arg(long, default_value_t = 0)]
+    budget: usize,
+    /// Only redraw the figure and the report from the CSV.
+    #[arg(long)]
+    report_only: bool,
+    /// Calibration statistics (default: calibration/<model name>.json).
+    #[arg(long, env = "SPLITINFER_CALIBRATION")]
+    calibration: Option<PathBuf>,
     /// TrueType font for the labels (default: DejaVu Sans from fonts-dejavu-core).
     #[arg(long, env = "SPLITINFER_FONT")]
     font: Option<PathBuf>,
@@ -244,6 +317,7 @@ fn run(command: Command) -> Result<()> {
         Command::Generate(args) => run_generate(args),
         Command::Ppl(args) => run_ppl(args),
         Command::Figure3(args) => run_figure3(args),
+        Command::Calibrate(args) => calibrate::run(args),
         Command::Trace { mobility, duration_s, step_ms, seed, out } => {
             let m = if mobility == "vehicular" { Mobility::VEHICULAR } else { Mobility::PEDESTRIAN };
             let csv = m.trace(duration_s * 1000, step_ms, seed).to_csv();
@@ -282,7 +356,7 @@ fn fetch_assets(model: &str, no_corpus: bool) -> Result<()> {
 }
 
 /// The model (the user's file, or the named known model fetched if missing) and its tokenizer.
-fn load(args: &ModelArgs) -> Result<(SplitModel, Tokenizer)> {
+pub(crate) fn load(args: &ModelArgs) -> Result<(SplitModel, Tokenizer)> {
     let path = resolve_model(args.model.as_deref(), &args.model_name)?;
     let LoadedModel { model, tokenizer, .. } = LoadedModel::load(&path)?;
     Ok((model, tokenizer))
@@ -386,6 +460,11 @@ fn run_ppl(args: PplArgs) -> Result<()> {
     let cfg = PplConfig { window: args.window, stride: args.stride };
     let split = model.split_point(args.split.split.unwrap_or(model.n_layers()))?;
     let channel = if args.channel { Some(args.channel_args.to_config()?) } else { None };
+    let setup = args.link.setup(args.split.wire_dtype);
+    if let Some(c) = &channel {
+        check_digital(c, setup.dtype)?;
+    }
+    let calibration = args.link.load(&model)?;
     if args.repeats == 0 {
         anyhow::bail!("--repeats 0 would evaluate nothing; use at least 1");
     }
@@ -393,11 +472,15 @@ fn run_ppl(args: PplArgs) -> Result<()> {
     let mut reports = Vec::with_capacity(repeats);
     for r in 0..repeats {
         let mut boundary: Box<dyn Boundary> = match &channel {
-            Some(c) => Box::new(ChannelBoundary {
-                channel: Channel::new(c.clone(), args.channel_args.channel_seed + r as u64)?,
-                dtype: args.split.wire_dtype,
-                last: Default::default(),
-            }),
+            Some(c) => Box::new(ChannelBoundary::new(
+                Channel::new(c.clone(), args.channel_args.channel_seed + r as u64)?,
+                setup,
+                calibration.as_ref(),
+                split.k(),
+            )?),
+            None if setup.needs_calibration() => {
+                Box::new(ChannelBoundary::new(Channel::new(Default::default(), 0)?, setup, calibration.as_ref(), split.k())?)
+            }
             None => Box::new(CleanWire { dtype: args.split.wire_dtype }),
         };
         let started = Instant::now();
@@ -434,6 +517,8 @@ fn run_ppl(args: PplArgs) -> Result<()> {
             "split": args.split.split,
             "wire_dtype": args.split.wire_dtype.to_string(),
             "channel": channel,
+            "normalization": setup.normalization.to_string(),
+            "concealment": setup.concealment.to_string(),
             "channel_seed": args.channel_args.channel_seed,
             "ppl_mean": mean,
             "ppl_std": std,
@@ -468,64 +553,68 @@ fn run_ppl(args: PplArgs) -> Result<()> {
 }
 
 fn run_figure3(args: Figure3Args) -> Result<()> {
+    use splitinfer_rl::link_profile::{self, Block};
     figure::load_font(args.font.as_deref())?;
-    for p in &args.erasure_ps {
-        if !(0.0..=1.0).contains(p) {
-            anyhow::bail!("erasure probability {p} is outside [0, 1]");
-        }
-    }
-    let (_, text) = read_text(args.text.as_deref())?;
+    let (text_path, text) = read_text(args.text.as_deref())?;
+    let path = resolve_model(args.model.model.as_deref(), &args.model.model_name)?;
+    let sha = assets::sha256_file(&path)?;
+    let name = assets::MODELS.iter().find(|m| m.sha256 == sha).map_or_else(|| "model".to_string(), |m| m.name.to_string());
+    let calibration_path = args.calibration.clone().unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")));
+    let calibration = Calibration::load(&calibration_path, Some(&sha))?;
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from("docs/link").join(&name));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let csv = dir.join("profile.csv");
     let (model, tokenizer) = load(&args.model)?;
+    let l = model.n_layers();
+    let model_name = model.config().name.clone();
+    let ks: Vec<usize> = if args.ks.is_empty() { (0..=l).collect() } else { args.ks.clone() };
+    let plan = if args.modes.is_empty() {
+        figure::default_plan(&ks, args.seeds)
+    } else {
+        vec![Block { modes: args.modes.clone(), channels: args.channels.clone(), ks: ks.clone(), seeds: args.seeds }]
+    };
     let mut tokens = tokenizer.encode(&text)?;
     tokens.truncate(args.max_tokens.max(2));
-    let l = model.n_layers();
-    let ks = if args.ks.is_empty() {
-        let mut ks: Vec<usize> = [0, 1].into_iter().chain((3..l).step_by(3)).chain([l - 1]).collect();
-        ks.dedup();
-        ks
-    } else {
-        args.ks.clone()
-    };
-    let mut conditions = vec![split_core::profile::Condition::Clean];
-    conditions.extend(args.snr_dbs.iter().map(|&v| split_core::profile::Condition::Snr(v)));
-    conditions.extend(args.erasure_ps.iter().map(|&v| split_core::profile::Condition::Erasure(v)));
-    let seeds: Vec<u64> = (0..args.seeds.max(1)).collect();
-    if let Some(dir) = args.csv.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let started = Instant::now();
-    let rows = split_core::profile::run_grid(
-        &model,
-        &tokens,
-        PplConfig { window: args.window, stride: args.stride },
-        &ks,
-        &conditions,
-        &seeds,
-        &args.csv,
-        &mut |done, total, row| {
-            if let Some(r) = row {
+    eprintln!("figure3: caching the clean hidden state at every boundary ({} tokens of {})", tokens.len(), text_path.display());
+    let mut env = splitinfer_rl::real::RealEnv::new(model, tokens, PplConfig { window: args.window, stride: args.stride }, WireDType::F32)?;
+    let clean = env.clean_ppl();
+    let how = format!(
+        "{} scored tokens of {} per evaluation (windows of {} every {}); calibration {} ({}, sha256 {}).",
+        env.scored_tokens(),
+        text_path.file_name().map_or_else(String::new, |f| f.to_string_lossy().to_string()),
+        args.window,
+        args.stride,
+        calibration_path.display(),
+        calibration.text,
+        &calibration.file_sha256[..12]
+    );
+    let rows = if args.report_only {
+        link_profile::read_rows(&csv)?
+    } else {
+        let budget = if args.budget == 0 { usize::MAX } else { args.budget };
+        link_profile::run(&mut env, Some(&calibration), &plan, budget, &csv, &mut |done, total, row| match row {
+            Some(r) => {
                 let elapsed = started.elapsed().as_secs_f64();
                 eprintln!(
-                    "figure3: {done}/{total} k={} {}={} seed {} ppl {:.2}; {elapsed:.0}s elapsed, ~{:.0}s left",
+                    "figure3: {done}/{total} k={} {} {} seed {} ppl {:.3} ({:.1}s); {elapsed:.0}s elapsed, ~{:.0}s left",
                     r.k,
-                    r.condition.mode(),
-                    r.condition.value(),
+                    r.mode,
+                    r.channel,
                     r.seed,
-                    r.ppl,
+                    r.ppl(),
+                    r.seconds,
                     elapsed / done as f64 * (total - done) as f64
                 );
-            } else if total == 0 {
-                eprintln!("figure3: every point is already in {}; drawing", args.csv.display());
-            } else {
-                eprintln!("figure3: {total} evaluations to run ({} tokens each)", tokens.len());
             }
-        },
-    )?;
-    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    figure::draw(&rows, l, &model.config().name, &args.out)?;
-    println!("figure {} from {} ({} rows)", args.out.display(), args.csv.display(), rows.len());
+            None if total == 0 => eprintln!("figure3: every point is already in {}; drawing", csv.display()),
+            None => eprintln!("figure3: {total} evaluations to run"),
+        })?
+    };
+    let png = dir.join("figure3.png");
+    figure::draw(&rows, clean, l, &model_name, &png)?;
+    std::fs::write(dir.join("report.md"), figure::report(&rows, clean, l, &model_name, Some(&calibration), &how))?;
+    println!("figure {} and report {} from {} ({} rows)", png.display(), dir.join("report.md").display(), csv.display(), rows.len());
     Ok(())
 }
 

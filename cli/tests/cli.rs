@@ -195,29 +195,39 @@ fn bad_channel_configuration_is_refused_at_start() {
 }
 
 #[test]
-fn figure3_writes_a_png_from_a_resumable_profile() {
+fn figure3_writes_a_png_and_report_from_a_resumable_profile() {
     let dir = scratch("figure3");
-    let (png, csv) = (dir.join("f.png"), dir.join("f.csv"));
+    let calibration = Path::new(env!("CARGO_MANIFEST_DIR")).join("../calibration/smollm2-135m.json");
     let args = |extra: &[&str]| {
-        let mut a = vec!["figure3", "--ks", "1,20", "--snr-dbs", "10", "--erasure-ps", "0.2", "--seeds", "2", "--max-tokens", "160", "--window", "80", "--stride", "80", "--out", png.to_str().unwrap(), "--csv", csv.to_str().unwrap()];
+        let mut a = vec!["figure3", "--modes", "raw,int8", "--channels", "clean,rayleigh:10", "--ks", "1,20", "--seeds", "2", "--max-tokens", "160", "--window", "80", "--stride", "80", "--dir", dir.to_str().unwrap(), "--calibration", calibration.to_str().unwrap()];
         a.extend_from_slice(extra);
         a.into_iter().map(String::from).collect::<Vec<_>>()
     };
     let run = |a: Vec<String>| Command::new(env!("CARGO_BIN_EXE_splitinfer")).args(a).env("RUST_LOG", "warn").output().unwrap();
     let o = run(args(&[]));
     assert!(o.status.success(), "{}", stderr(&o));
-    let bytes = std::fs::read(&png).unwrap();
+    let bytes = std::fs::read(dir.join("figure3.png")).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "not a PNG");
+    let csv = dir.join("profile.csv");
     let rows = std::fs::read_to_string(&csv).unwrap();
-    // Header + per k: 1 clean + 2 seeds × (1 SNR + 1 erasure) = 5 rows.
-    assert_eq!(rows.lines().count(), 1 + 2 * 5, "{rows}");
-    assert!(rows.starts_with("k,mode,value,seed,ppl,tokens\n"));
+    // Header + per k and mode: 1 clean + 2 seeds of Rayleigh = 2 × 2 × 3 rows.
+    assert_eq!(rows.lines().count(), 1 + 12, "{rows}");
+    assert!(rows.starts_with("k,mode,channel,seed,nll,ppl,tokens,seconds\n"));
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(report.contains("## Digital link") && report.contains("| 20 |"), "{report}");
     // A rerun finds every point in the CSV and only draws.
     let o = run(args(&[]));
     assert!(o.status.success() && stderr(&o).contains("every point is already in"), "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&csv).unwrap(), rows);
     // A damaged profile is refused with the line that is wrong.
-    std::fs::write(&csv, format!("{rows}20,snr_db,ten,0,1.0,79\n")).unwrap();
-    let o = run(args(&[]));
-    assert_fails_with(&o, "has a malformed row \"20,snr_db,ten,0,1.0,79\"");
+    std::fs::write(&csv, format!("{rows}20,raw,clean,0,x,1.0,79,0.1\n")).unwrap();
+    assert_fails_with(&run(args(&[])), "has a malformed row \"20,raw,clean,0,x,1.0,79,0.1\"");
+    // A calibration for another model is refused by name.
+    let other = dir.join("other.json");
+    let text = std::fs::read_to_string(&calibration).unwrap().replacen("b179c9523d0e6a0f", "0000000000000000", 1);
+    std::fs::write(&other, text).unwrap();
+    let mut a = args(&[]);
+    let at = a.iter().position(|s| s == "--calibration").unwrap();
+    a[at + 1] = other.to_str().unwrap().to_string();
+    assert_fails_with(&run(a), "belongs to model smollm2-135m (sha256 0000000000000000");
 }

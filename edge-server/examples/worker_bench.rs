@@ -20,7 +20,7 @@ use edge_server::worker::{OpenParams, StepInput, Worker};
 use split_core::bundle::LoadedModel;
 use split_core::model::KvCache;
 use split_core::sampling::SamplingConfig;
-use split_core::wire::{WireDType, WireTensor};
+use split_core::wire::{CandleWire, WireDType, WireTensor};
 
 const PROMPTS: &[&str] = &[
     "The capital of France is",
@@ -53,6 +53,8 @@ async fn session(
             prompt_tokens: prompt.len(),
             client: "worker_bench".into(),
             resume: None,
+            link: Default::default(),
+            calibration_sha256: String::new(),
         })
         .await?;
     let mut ue = KvCache::new(0..k);
@@ -71,6 +73,7 @@ async fn session(
                 k,
                 epoch: 0,
                 hidden: WireTensor::from_tensor(&x, WireDType::F32)?,
+                erased: Vec::new(),
                 enqueued: Instant::now(),
             })
             .await?

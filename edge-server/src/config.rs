@@ -38,6 +38,11 @@ pub struct EdgeConfig {
     /// Serve Prometheus metrics (OpenMetrics text) on this address, e.g. 0.0.0.0:9091.
     #[arg(long, env = "EDGE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Calibration statistics of the model (`splitinfer calibrate`), for sessions whose UE
+    /// standardizes the hidden state or asks for mean concealment; refused if made for another
+    /// model. Without it such sessions are refused.
+    #[arg(long, env = "EDGE_CALIBRATION")]
+    pub calibration: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "EDGE_LOG_JSON")]
     pub log_json: bool,
@@ -57,6 +62,7 @@ impl EdgeConfig {
             agent: None,
             name: "edge".into(),
             metrics_listen: None,
+            calibration: None,
             log_json: false,
         }
     }

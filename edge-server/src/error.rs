@@ -33,6 +33,12 @@ impl From<split_core::Error> for EdgeError {
     }
 }
 
+impl From<splitinfer_link::Error> for EdgeError {
+    fn from(e: splitinfer_link::Error) -> Self {
+        split_core::Error::from(e).into()
+    }
+}
+
 impl From<candle_core::Error> for EdgeError {
     fn from(e: candle_core::Error) -> Self {
         Self::Internal(e.to_string())

@@ -57,7 +57,15 @@ pub async fn run_with_metrics(
         let m = metrics.clone();
         tokio::spawn(splitinfer_telemetry::metrics::serve(l, Arc::new(move || m.text()), token.clone()));
     }
-    let worker = Worker::spawn(model.clone(), config.max_sessions)?;
+    let calibration = match &config.calibration {
+        Some(path) => {
+            let c = split_core::calibration::Calibration::load(path, Some(&model.sha256))?;
+            tracing::info!(path = %path.display(), sha256 = %c.file_sha256, text = %c.text, "calibration loaded");
+            Some(Arc::new(c))
+        }
+        None => None,
+    };
+    let worker = Worker::spawn_with(model.clone(), config.max_sessions, worker::MAX_DRAIN, calibration)?;
     let addr = listener.local_addr()?;
 
     let expiry = {

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use split_core::bundle::LoadedModel;
 use split_core::sampling::SamplingConfig;
+use split_core::transform::LinkSetup;
 use split_core::wire::WireTensor;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_server::Edge;
@@ -299,6 +300,8 @@ impl SessionTask {
             prompt_tokens: open.prompt_tokens as usize,
             client: open.client,
             resume,
+            link: LinkSetup::from_open(split_core::wire::WireDType::F32, open.normalization, open.concealment)?,
+            calibration_sha256: open.calibration_sha256,
         })
     }
 
@@ -312,6 +315,7 @@ impl SessionTask {
             k: split.k as usize,
             epoch: split.epoch,
             hidden,
+            erased: a.erased.to_vec(),
             enqueued: Instant::now(),
         })
     }

@@ -24,7 +24,9 @@ use split_core::migrate::{self, Method};
 use split_core::model::{KvCache, LayerKv};
 use split_core::sampling::{Sampler, SamplingConfig};
 use split_core::split::SplitPoint;
-use split_core::wire::{WireDType, WireTensor};
+use split_core::calibration::Calibration;
+use split_core::transform::LinkSetup;
+use split_core::wire::{CandleWire, WireDType, WireTensor};
 use tokio::sync::oneshot;
 
 use crate::error::EdgeError;
@@ -59,6 +61,10 @@ pub struct OpenParams {
     pub prompt_tokens: usize,
     pub client: String,
     pub resume: Option<SessionId>,
+    /// Normalization and concealment (the dtype comes with each activation).
+    pub link: LinkSetup,
+    /// The calibration file the UE normalizes with; must be the edge's when `link` needs one.
+    pub calibration_sha256: String,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +80,8 @@ pub struct StepInput {
     pub k: usize,
     pub epoch: u64,
     pub hidden: WireTensor,
+    /// One bit per element the channel erased (LSB first), for concealment; empty: none.
+    pub erased: Vec<u8>,
     pub enqueued: Instant,
 }
 
@@ -178,10 +186,16 @@ impl Worker {
     /// [`Worker::spawn`], taking at most `max_batch` queued jobs per round, which bounds a
     /// batch's size; 1 steps every session alone, as the edge did before batching.
     pub fn spawn_with_batch(model: Arc<LoadedModel>, max_sessions: usize, max_batch: usize) -> std::io::Result<Self> {
+        Self::spawn_with(model, max_sessions, max_batch, None)
+    }
+
+    /// [`Worker::spawn_with_batch`], with the calibration statistics that sessions asking for
+    /// normalization or mean concealment use (checked against the model by the caller).
+    pub fn spawn_with(model: Arc<LoadedModel>, max_sessions: usize, max_batch: usize, calibration: Option<Arc<Calibration>>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
         let take = max_batch.max(1) - 1;
         std::thread::Builder::new().name("edge-model".into()).spawn(move || {
-            let mut state = State::new(model, max_sessions);
+            let mut state = State::new(model, max_sessions, calibration);
             // Ends when every handle is dropped.
             while let Ok(job) = rx.recv() {
                 let jobs: Vec<Job> = std::iter::once(job).chain(rx.try_iter().take(take)).collect();
@@ -236,6 +250,8 @@ struct Session {
     epoch: u64,
     /// Element type of the UE's activations, in which moved caches go back to it.
     wire: WireDType,
+    /// The receiver's half of the link: undo the UE's normalization, conceal lost elements.
+    link: LinkSetup,
     cache: KvCache,
     sampler: Sampler,
     prompt_tokens: usize,
@@ -250,6 +266,8 @@ struct Session {
 
 struct State {
     model: Arc<LoadedModel>,
+    /// The calibration statistics sessions may normalize and conceal with.
+    calibration: Option<Arc<Calibration>>,
     max_sessions: usize,
     sessions: HashMap<SessionId, Session>,
     /// Recently expired ids, so a late resume hears "expired" rather than "unknown".
@@ -282,9 +300,10 @@ fn sample(sess: &mut Session, model: &LoadedModel, logits: &[f32]) -> Result<(u3
 }
 
 impl State {
-    fn new(model: Arc<LoadedModel>, max_sessions: usize) -> Self {
+    fn new(model: Arc<LoadedModel>, max_sessions: usize, calibration: Option<Arc<Calibration>>) -> Self {
         Self {
             model,
+            calibration,
             max_sessions,
             sessions: HashMap::new(),
             expired: VecDeque::new(),
@@ -355,6 +374,20 @@ impl State {
             s.last_active = Instant::now();
             return Ok(Opened { id, position: s.cache.position() });
         }
+        if p.link.needs_calibration() {
+            let Some(c) = &self.calibration else {
+                return Err(EdgeError::FailedPrecondition(format!(
+                    "normalization {} / concealment {} need calibration statistics, and this edge has none (EDGE_CALIBRATION)",
+                    p.link.normalization, p.link.concealment
+                )));
+            };
+            if !p.calibration_sha256.eq_ignore_ascii_case(&c.file_sha256) {
+                return Err(EdgeError::FailedPrecondition(format!(
+                    "the UE normalizes with calibration sha256 {:?} but this edge holds {}",
+                    p.calibration_sha256, c.file_sha256
+                )));
+            }
+        }
         if self.sessions.len() >= self.max_sessions {
             return Err(EdgeError::ResourceExhausted(format!(
                 "the edge already serves {} sessions, its limit (EDGE_MAX_SESSIONS)",
@@ -383,6 +416,7 @@ impl State {
                 split: p.split,
                 epoch: p.epoch,
                 wire: WireDType::F32,
+                link: p.link,
                 cache: KvCache::new(p.split.edge_layers(n_layers)),
                 sampler: Sampler::new(p.sampling)?,
                 prompt_tokens: p.prompt_tokens,
@@ -411,7 +445,7 @@ impl State {
         let sess = self.sessions.get_mut(&s.session).ok_or_else(|| EdgeError::Internal(format!("session {} vanished", s.session)))?;
         let h = model.run_layers(&checked.x, &mut sess.cache)?;
         sess.epoch = s.epoch;
-        sess.wire = s.hidden.dtype();
+        sess.wire = s.hidden.dtype().for_caches();
         let end = checked.position + checked.rows;
         if end < sess.prompt_tokens {
             return Ok(None);
@@ -489,7 +523,12 @@ impl State {
                 )));
             }
         }
-        let values = s.hidden.to_f32_vec();
+        let setup = LinkSetup { dtype: s.hidden.dtype(), ..sess.link };
+        let stats = match &self.calibration {
+            Some(c) if setup.needs_calibration() => Some(c.boundary(sess.split.k())?),
+            _ => None,
+        };
+        let values = setup.decode(&s.hidden, &s.erased, stats, pos)?;
         if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(EdgeError::InvalidArgument(format!("activation holds a non-finite value {v} at element {i}")));
         }

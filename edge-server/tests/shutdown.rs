@@ -58,8 +58,7 @@ async fn sigterm_ends_open_sessions_with_unavailable_and_exits_within_grace() {
             split: Some(pb::Split { k: 10, epoch: 0 }),
             hidden: Some(pb::Tensor { dtype: 1, shape: vec![1, 2, 576], data: Bytes::from(vec![0u8; 2 * 576 * 4]) }),
             ue_compute_us: 0,
-            erasure_mask: Default::default(),
-            uplink_delay_us: 0,
+            ..Default::default()
         })),
     })
     .await

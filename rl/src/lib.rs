@@ -11,6 +11,7 @@ pub mod surrogate;
 pub mod traces;
 pub mod trace_env;
 pub mod evaluate;
+pub mod link_profile;
 pub mod pipeline;
 pub mod plots;
 pub mod report;

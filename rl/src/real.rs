@@ -12,9 +12,12 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use split_core::boundary::Boundary;
-use split_core::channel::args::{Preset, preset};
-use split_core::channel::{Channel, ChannelBoundary, ChannelConfig};
+use split_core::channel::{Preset, preset};
+use split_core::boundary::ChannelBoundary;
+use split_core::channel::{Channel, ChannelConfig};
+use split_core::calibration::Calibration;
 use split_core::model::{KvCache, SplitModel};
+use split_core::transform::LinkSetup;
 use split_core::perplexity::{PplConfig, Window, score, windows};
 use split_core::wire::WireDType;
 
@@ -150,13 +153,25 @@ impl RealEnv {
     /// One real evaluation: the perplexity at split `k` through `state`, the channel seeded by
     /// `seed` (the same arguments give the same number).
     pub fn ppl(&mut self, k: usize, state: ChannelState, seed: u64) -> Result<f64> {
+        let setup = LinkSetup { dtype: self.dtype, ..LinkSetup::default() };
+        self.ppl_link(k, &state.channel(), setup, None, seed).with_context(|| format!("channel {state}"))
+    }
+
+    /// One real evaluation of any link: the UE's normalization and codec (`setup`), `channel`
+    /// seeded by `seed`, the edge's decoding and concealment, at split `k`.
+    pub fn ppl_link(&mut self, k: usize, channel: &ChannelConfig, setup: LinkSetup, calibration: Option<&Calibration>, seed: u64) -> Result<f64> {
+        Ok(self.nll_link(k, channel, setup, calibration, seed)?.exp())
+    }
+
+    /// [`Self::ppl_link`] as the mean negative log-likelihood per scored token.
+    pub fn nll_link(&mut self, k: usize, channel: &ChannelConfig, setup: LinkSetup, calibration: Option<&Calibration>, seed: u64) -> Result<f64> {
         let n = self.n_layers();
         anyhow::ensure!(k <= n, "split {k} is outside 0..={n}");
         let started = Instant::now();
-        let mut boundary = ChannelBoundary { channel: Channel::new(state.channel(), seed)?, dtype: self.dtype, last: Default::default() };
+        let mut boundary = ChannelBoundary::new(Channel::new(channel.clone(), seed)?, setup, calibration, k)?;
         let (mut nll, mut scored) = (0f64, 0usize);
         for w in &self.windows {
-            let h = boundary.transmit(&w.boundaries[k]).with_context(|| format!("channel {state}"))?;
+            let h = boundary.transmit(&w.boundaries[k], 0)?;
             let h = self.model.run_layers(&h, &mut KvCache::new(k..n))?;
             let (s, c) = score(&self.model, &h, &self.tokens, &w.window)?;
             nll += s;
@@ -164,6 +179,6 @@ impl RealEnv {
         }
         self.evaluations += 1;
         self.seconds += started.elapsed().as_secs_f64();
-        Ok((nll / scored as f64).exp())
+        Ok(nll / scored as f64)
     }
 }

@@ -2,7 +2,8 @@
 //! split model gives through the same channel with the same seed, and it counts what it does.
 
 use split_core::bundle::LoadedModel;
-use split_core::channel::{Channel, ChannelBoundary};
+use split_core::boundary::ChannelBoundary;
+use split_core::channel::Channel;
 use split_core::perplexity::{PplConfig, perplexity};
 use split_core::wire::WireDType;
 use splitinfer_rl::real::{ChannelState, RealEnv};
@@ -20,7 +21,7 @@ fn cached_boundaries_give_the_split_models_perplexity_and_every_evaluation_is_co
     let mut env = RealEnv::new(loaded.model, tokens.clone(), cfg, WireDType::F32).unwrap();
     let states = [ChannelState::Fading { snr_db: 5.0, m: 1.0 }, ChannelState::Erasure { p: 0.1 }];
     for (i, (k, state)) in [(0, states[0]), (7, states[0]), (30, states[1]), (19, states[1])].into_iter().enumerate() {
-        let mut boundary = ChannelBoundary { channel: Channel::new(state.channel(), 11).unwrap(), dtype: WireDType::F32, last: Default::default() };
+        let mut boundary = ChannelBoundary::plain(Channel::new(state.channel(), 11).unwrap(), WireDType::F32);
         let want = perplexity(&reference, &tokens, cfg, reference.split_point(k).unwrap(), &mut boundary, &mut |_, _| {}).unwrap();
         let got = env.ppl(k, state, 11).unwrap();
         assert_eq!(got, want.ppl, "k {k} through {state}");

@@ -197,6 +197,19 @@ pub fn ensure_corpus(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     Ok(news)
 }
 
+/// The calibration text (the Brown files of [`corpus::calibration_slice`], converted into the
+/// cache first if needed), with a label saying which files it is.
+pub fn calibration_text(progress: &mut dyn FnMut(&str)) -> Result<(String, String)> {
+    ensure_corpus(progress)?;
+    let mut text = String::new();
+    let names: Vec<String> = corpus::calibration_slice().collect();
+    for name in &names {
+        text.push_str(&read_text(&corpus_dir().join(format!("{name}.txt")))?);
+        text.push('\n');
+    }
+    Ok((text, format!("brown {}-{} (learned)", names[0], names[names.len() - 1])))
+}
+
 /// The corpus tarball on this machine, if any: `$SPLITINFER_CORPUS_TGZ`, else `shared/data` beside
 /// the repository (as the workspace was built) or beside the working directory.
 fn find_corpus_tarball() -> Option<PathBuf> {

@@ -52,6 +52,12 @@ pub fn news_slice() -> impl Iterator<Item = String> {
     (1..=44).map(|i| format!("ca{i:02}"))
 }
 
+/// Names of the Brown files used for calibration statistics: the "learned" genre, `cj01`–`cj20`,
+/// which no evaluation scores.
+pub fn calibration_slice() -> impl Iterator<Item = String> {
+    (1..=20).map(|i| format!("cj{i:02}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

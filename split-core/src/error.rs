@@ -53,8 +53,22 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    #[error("{0}")]
+    Calibration(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// The link's errors keep their kind: a bad wire tensor stays an invalid argument.
+impl From<splitinfer_link::Error> for Error {
+    fn from(e: splitinfer_link::Error) -> Self {
+        match e {
+            splitinfer_link::Error::InvalidArgument(m) => Self::InvalidArgument(m),
+            splitinfer_link::Error::Io { what, path, source } => Self::Io { what, path, source },
+            e @ splitinfer_link::Error::Calibration { .. } => Self::Calibration(e.to_string()),
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

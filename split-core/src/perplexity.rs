@@ -68,7 +68,7 @@ pub fn perplexity(
         let mut edge = KvCache::new(split.edge_layers(model.n_layers()));
         let h = model.embed(&tokens[win.begin..win.end])?;
         let h = model.run_layers(&h, &mut ue)?;
-        let h = boundary.transmit(&h)?;
+        let h = boundary.transmit(&h, 0)?;
         let h = model.run_layers(&h, &mut edge)?;
         let (sum, n) = score(model, &h, tokens, win)?;
         nll += sum;

@@ -63,10 +63,11 @@ impl<'m> InProcessSplit<'m> {
     /// Runs the UE side and the boundary: token ids → the hidden state the edge receives.
     pub fn ue_side(&mut self, tokens: &[u32]) -> Result<Tensor> {
         let t = Instant::now();
+        let position = self.edge.position();
         let h = self.model.embed(tokens)?;
         let h = self.model.run_layers(&h, &mut self.ue)?;
         self.ue_time += t.elapsed();
-        self.boundary.transmit(&h)
+        self.boundary.transmit(&h, position)
     }
 
     /// Runs the edge layers on a received hidden state; returns the final hidden state.

@@ -121,6 +121,9 @@ pub fn greedy_request(prompt: &str, k: usize, max_new_tokens: usize) -> ue_clien
         migration: split_core::migrate::MigrationMode::Auto,
         link_mbps: 100.0,
         edge_speedup: 1.0,
+        normalization: Default::default(),
+        concealment: Default::default(),
+        calibration: None,
     }
 }
 

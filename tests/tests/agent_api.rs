@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use agent::{AgentConfig, Follower};
-use split_core::channel::args::Preset;
+use split_core::channel::Preset;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::agent_client::AgentClient;
 use splitinfer_proto::v1::emulator_client::EmulatorClient;

@@ -23,6 +23,7 @@ fn open(k: u32, prompt_tokens: u32) -> pb::UeMessage {
             client: "bad-input-test".into(),
             resume_session_id: String::new(),
             ignore_eos: false,
+            ..Default::default()
         })),
     }
 }
@@ -50,8 +51,7 @@ fn activation(position: u64, k: u32, hidden: pb::Tensor) -> pb::UeMessage {
             split: Some(pb::Split { k, epoch: 0 }),
             hidden: Some(hidden),
             ue_compute_us: 0,
-            erasure_mask: Default::default(),
-            uplink_delay_us: 0,
+            ..Default::default()
         })),
     }
 }

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use edge_server::worker::{OpenParams, StepInput, Worker};
 use split_core::model::{KvCache, SplitModel};
 use split_core::sampling::SamplingConfig;
-use split_core::wire::{WireDType, WireTensor};
+use split_core::wire::{CandleWire, WireDType, WireTensor};
 use splitinfer_tests::{Testbed, generate_via, greedy_request, monolithic, shared_model};
 
 const PROMPTS: &[&str] = &[
@@ -172,6 +172,8 @@ async fn worker_session(worker: Worker, prompt: &str, k: usize, new_tokens: usiz
             prompt_tokens: prompt.len(),
             client: "batching test".into(),
             resume: None,
+            link: Default::default(),
+            calibration_sha256: String::new(),
         })
         .await
         .unwrap();
@@ -187,6 +189,7 @@ async fn worker_session(worker: Worker, prompt: &str, k: usize, new_tokens: usiz
             k,
             epoch: 0,
             hidden: WireTensor::from_tensor(&x, WireDType::F32).unwrap(),
+            erased: Vec::new(),
             enqueued: Instant::now(),
         };
         let t = worker.step(step).await.unwrap().expect("the whole prompt went in one step");

@@ -1,7 +1,7 @@
 //! The channel models on the live stream: generation completes under every scenario, the
 //! emulator's perturbations are seeded, and the offline `ppl` sees the same channel.
 
-use split_core::channel::args::Preset;
+use split_core::channel::Preset;
 use splitinfer_tests::{Testbed, generate_via, greedy_request, monolithic};
 
 async fn run_under(preset: Preset, erasure_p: Option<f64>, seed: u64) -> Vec<u32> {
@@ -39,7 +39,8 @@ async fn generation_completes_under_every_scenario_and_replays_by_seed() {
 /// Mean perplexity over two channel seeds of the first 512 news tokens, split at `k`, with
 /// analog noise at 10 dB: the in-process prediction.
 fn predicted_ppl(k: usize) -> f64 {
-    use split_core::channel::{Channel, ChannelBoundary, ChannelConfig};
+    use split_core::boundary::ChannelBoundary;
+    use split_core::channel::{Channel, ChannelConfig};
     let model = splitinfer_tests::shared_model();
     let text = std::fs::read_to_string(splitinfer_tests::default_eval_text()).unwrap();
     let mut tokens = model.tokenizer.encode(&text).unwrap();
@@ -48,7 +49,7 @@ fn predicted_ppl(k: usize) -> f64 {
     let ppl = split_core::perplexity::PplConfig { window: 256, stride: 256 };
     let runs: Vec<f64> = (0..2)
         .map(|seed| {
-            let mut b = ChannelBoundary { channel: Channel::new(cfg.clone(), seed).unwrap(), dtype: split_core::wire::WireDType::F32, last: Default::default() };
+            let mut b = ChannelBoundary::plain(Channel::new(cfg.clone(), seed).unwrap(), split_core::wire::WireDType::F32);
             split_core::perplexity::perplexity(&model.model, &tokens, ppl, model.model.split_point(k).unwrap(), &mut b, &mut |_, _| {}).unwrap().ppl
         })
         .collect();

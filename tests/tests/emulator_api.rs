@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use split_core::channel::args::Preset;
+use split_core::channel::Preset;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::emulator_client::EmulatorClient;
 use splitinfer_tests::{Testbed, generate_via, greedy_request, monolithic};

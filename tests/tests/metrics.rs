@@ -56,7 +56,7 @@ async fn ue_client_breakdown_and_metrics() {
     let bed = Testbed::start_full(edge_server::EdgeConfig::for_tests(), |e| {
         // Impaired with air time, so the uplink and downlink shares are not just loopback.
         e.channel = true;
-        e.channel_args.preset = split_core::channel::args::Preset::Good;
+        e.channel_args.preset = split_core::channel::Preset::Good;
     })
     .await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use split_core::migrate::MigrationMode;
+use split_core::transform::{Concealment, Normalization};
 use split_core::wire::WireDType;
 
 #[derive(Debug, Clone, clap::Parser)]
@@ -23,9 +24,23 @@ pub struct UeConfig {
     /// Split point K: layers 0..K run here, K..L on the edge.
     #[arg(long, env = "UE_SPLIT", default_value_t = 15)]
     pub split: usize,
-    /// Element type of the hidden state on the wire: f32 (exact), f16 or bf16 (half the bytes).
+    /// Element type of the hidden state on the wire. Values for the analog link: f32 (exact),
+    /// f16 or bf16 (half the bytes). Codecs for the digital link: int8 (per-row scale), int4
+    /// (per-32 scale), int8-outlier and int4-outlier (a row's 8 largest values sent apart in f16).
     #[arg(long, env = "UE_WIRE_DTYPE", default_value = "f32")]
     pub wire_dtype: WireDType,
+    /// Transmitter normalization before the codec: identity, or standardize ((y − μ)/σ per
+    /// dimension with the calibration statistics; the edge undoes it). Needs --calibration.
+    #[arg(long, env = "UE_NORMALIZATION", default_value = "identity")]
+    pub normalization: Normalization,
+    /// What the edge fills lost elements with: zero (the reference) or mean (each dimension's
+    /// calibration mean). mean needs --calibration here and on the edge.
+    #[arg(long, env = "UE_CONCEALMENT", default_value = "zero")]
+    pub concealment: Concealment,
+    /// Calibration statistics of the model (`splitinfer calibrate`); the edge must hold the same
+    /// file (compared by sha256).
+    #[arg(long, env = "UE_CALIBRATION")]
+    pub calibration: Option<PathBuf>,
     #[arg(long, short, env = "UE_PROMPT")]
     pub prompt: String,
     /// Wrap the prompt in the model's chat turn format (ChatML).

@@ -20,7 +20,9 @@ use split_core::migrate::{self, BoundaryLog, CostModel, Method, MigrationMode, M
 use split_core::model::{KvCache, LayerKv};
 use split_core::sampling::SamplingConfig;
 use split_core::split::SplitPoint;
-use split_core::wire::{WireDType, WireTensor};
+use split_core::calibration::Calibration;
+use split_core::transform::{Concealment, LinkSetup, Normalization};
+use split_core::wire::{CandleWire, WireDType, WireTensor};
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_client::EdgeClient;
 use tokio::sync::mpsc;
@@ -71,6 +73,17 @@ pub struct GenerateRequest {
     pub link_mbps: f64,
     /// How many times faster the edge runs a layer than the UE, for the cost model.
     pub edge_speedup: f64,
+    /// The transmitter's normalization and the concealment asked of the edge (the codec is
+    /// `wire`), and the calibration statistics they need.
+    pub normalization: Normalization,
+    pub concealment: Concealment,
+    pub calibration: Option<Arc<Calibration>>,
+}
+
+impl GenerateRequest {
+    fn link(&self) -> LinkSetup {
+        LinkSetup { dtype: self.wire, normalization: self.normalization, concealment: self.concealment }
+    }
 }
 
 /// Connects to an edge (or emulator) with raised message limits.
@@ -145,9 +158,10 @@ struct UeModel {
 }
 
 impl UeModel {
-    /// Embeds `tokens`, runs the UE's layers and encodes the result for the wire.
-    fn step(&mut self, tokens: &[u32], wire: WireDType) -> split_core::Result<WireTensor> {
+    /// Embeds `tokens`, runs the UE's layers, normalizes and encodes the result for the wire.
+    fn step(&mut self, tokens: &[u32], link: LinkSetup, calibration: Option<&Calibration>) -> split_core::Result<WireTensor> {
         let m = &self.model.model;
+        let position = self.cache.position();
         let x = m.embed(tokens)?;
         self.chunks.push(tokens.len());
         let h = match self.log.as_mut() {
@@ -159,7 +173,12 @@ impl UeModel {
             }
             None => m.run_layers(&x, &mut self.cache)?,
         };
-        WireTensor::from_tensor(&h, wire)
+        let stats = match calibration {
+            Some(c) if link.needs_calibration() => Some(c.boundary(self.cache.range().end)?),
+            _ => None,
+        };
+        let values = h.flatten_all()?.to_vec1::<f32>()?;
+        Ok(link.encode(h.dims().to_vec(), &values, stats, position)?)
     }
 }
 
@@ -219,6 +238,12 @@ pub async fn generate_adaptive(
     if req.prompt.is_empty() {
         return Err(UeError::Protocol("the prompt has no tokens".into()));
     }
+    if req.link().needs_calibration() && req.calibration.is_none() {
+        return Err(UeError::Protocol(format!(
+            "normalization {} / concealment {} need calibration statistics (--calibration FILE)",
+            req.normalization, req.concealment
+        )));
+    }
     let started = Instant::now();
     let n_layers = model.model.n_layers();
     // A decision already in force picks the first split; the request's is the fallback.
@@ -237,6 +262,9 @@ pub async fn generate_adaptive(
             client: req.client.clone(),
             resume_session_id: String::new(),
             ignore_eos: req.ignore_eos,
+            normalization: pb::Normalization::from(req.normalization) as i32,
+            concealment: pb::Concealment::from(req.concealment) as i32,
+            calibration_sha256: req.calibration.as_ref().map(|c| c.file_sha256.clone()).unwrap_or_default(),
         })),
     };
     let mut bytes_up = send(&tx, open).await?;
@@ -257,7 +285,7 @@ pub async fn generate_adaptive(
     let log = (source.adaptive() && req.migration != MigrationMode::Transfer).then(BoundaryLog::new);
     let mut state = UeModel { model: model.clone(), cache: KvCache::new(0..split.k), log, chunks: Vec::new() };
     let mut cost = CostModel::new(req.link_mbps, req.edge_speedup);
-    let shape = MigrationShape::new(&model.model, req.wire.size());
+    let shape = MigrationShape::new(&model.model, req.wire.for_caches().size());
     let mut tokens: Vec<TokenEvent> = Vec::with_capacity(req.max_new_tokens);
     let mut migrations: Vec<MigrationEvent> = Vec::new();
     let mut input: Vec<u32> = req.prompt.clone();
@@ -288,8 +316,8 @@ pub async fn generate_adaptive(
         let mut sent_at = Instant::now();
         for rows in input.chunks(chunk) {
             let position = state.cache.position() as u64;
-            let (tokens_in, wire) = (rows.to_vec(), req.wire);
-            let (s, hidden, took) = on_model(state, move |m| m.step(&tokens_in, wire)).await?;
+            let (tokens_in, link, calibration) = (rows.to_vec(), req.link(), req.calibration.clone());
+            let (s, hidden, took) = on_model(state, move |m| m.step(&tokens_in, link, calibration.as_deref())).await?;
             state = s;
             ue_compute += took;
             // With few layers the step's fixed costs (embedding, encoding) would pass for layer time.
@@ -304,6 +332,7 @@ pub async fn generate_adaptive(
                     ue_compute_us: took.as_micros() as u64,
                     erasure_mask: Default::default(),
                     uplink_delay_us: 0,
+                    erased: Default::default(),
                 })),
             };
             sent_at = Instant::now();
@@ -404,7 +433,7 @@ async fn migrate(
         } as i32,
         ..Default::default()
     };
-    let wire = req.wire;
+    let wire = req.wire.for_caches();
     let (mut state, ue_us) = if to.k < from.k {
         // The edge takes layers to..from: ship their entries, or the states it replays.
         let to_k = to.k;

@@ -28,6 +28,10 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
     let path = resolve_model(config.model.as_deref(), &config.model_name)?;
     let model = Arc::new(tokio::task::spawn_blocking(move || LoadedModel::load(&path)).await??);
     let split = model.model.split_point(config.split)?;
+    let calibration = match &config.calibration {
+        Some(p) => Some(Arc::new(split_core::calibration::Calibration::load(p, Some(&model.sha256))?)),
+        None => None,
+    };
     let prompt = if config.chat {
         format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", config.prompt)
     } else {
@@ -49,6 +53,9 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         migration: config.migration,
         link_mbps: config.link_mbps,
         edge_speedup: config.edge_speedup,
+        normalization: config.normalization,
+        concealment: config.concealment,
+        calibration,
     };
     let tokenizer = model.tokenizer.clone();
     let mut ids = Vec::new();

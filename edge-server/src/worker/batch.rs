@@ -139,7 +139,7 @@ mod tests {
     use super::*;
     use crate::worker::OpenParams;
     use split_core::sampling::SamplingConfig;
-    use split_core::wire::{WireDType, WireTensor};
+    use split_core::wire::{CandleWire, WireDType, WireTensor};
     use splitinfer_tests::shared_model;
 
     type StepReply = oneshot::Receiver<Result<Option<TokenOut>, EdgeError>>;
@@ -164,6 +164,7 @@ mod tests {
                 k: self.k,
                 epoch: 0,
                 hidden: WireTensor::from_tensor(&x, WireDType::F32).unwrap(),
+                erased: Vec::new(),
                 enqueued: Instant::now(),
             }
         }
@@ -196,6 +197,8 @@ mod tests {
                 prompt_tokens: tokens.len(),
                 client: "test".into(),
                 resume: None,
+                link: Default::default(),
+                calibration_sha256: String::new(),
             })
             .unwrap();
         let mut ue = Ue { id: opened.id, k, cache: KvCache::new(0..k), next: 0 };
@@ -233,8 +236,8 @@ mod tests {
     #[test]
     fn a_round_of_decode_steps_is_batched_per_split_and_equals_stepping_alone() {
         let model = shared_model();
-        let mut alone = State::new(model.clone(), 16);
-        let mut batched = State::new(model, 16);
+        let mut alone = State::new(model.clone(), 16, None);
+        let mut batched = State::new(model, 16, None);
         let mut ues_alone = open_all(&mut alone);
         let mut ues_batched = open_all(&mut batched);
         for round in 0..8 {
@@ -268,7 +271,7 @@ mod tests {
 
     #[test]
     fn a_bad_step_fails_only_its_own_session() {
-        let mut state = State::new(shared_model(), 16);
+        let mut state = State::new(shared_model(), 16, None);
         let mut ues: Vec<Ue> = SESSIONS[..3].iter().map(|&(k, p)| open(&mut state, k, p, SamplingConfig::GREEDY)).collect();
         let good_a = ues[0].decode();
         let mut bad = ues[1].decode();
@@ -296,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_prefill_does_not_hold_up_decode_steps_queued_before_it() {
-        let mut state = State::new(shared_model(), 16);
+        let mut state = State::new(shared_model(), 16, None);
         let mut ues: Vec<Ue> = SESSIONS[..3].iter().map(|&(k, p)| open(&mut state, k, p, SamplingConfig::GREEDY)).collect();
         let model = shared_model();
         let prompt = model.tokenizer.encode("A new session arrives with its prompt").unwrap();
@@ -310,6 +313,8 @@ mod tests {
                 prompt_tokens: prompt.len(),
                 client: "test".into(),
                 resume: None,
+                link: Default::default(),
+                calibration_sha256: String::new(),
             })
             .unwrap();
         let mut newcomer = Ue { id: opened.id, k: 0, cache: KvCache::new(0..0), next: 0 };
@@ -326,7 +331,7 @@ mod tests {
 
     #[test]
     fn a_sessions_jobs_keep_their_order_around_a_waiting_batch() {
-        let mut state = State::new(shared_model(), 16);
+        let mut state = State::new(shared_model(), 16, None);
         let mut ues: Vec<Ue> = SESSIONS[..3].iter().map(|&(k, p)| open(&mut state, k, p, SamplingConfig::GREEDY)).collect();
         let a = ues[0].id.clone();
         let before = state.sessions[&a].cache.position();

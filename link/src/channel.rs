@@ -1,33 +1,41 @@
 //! The channel models, one implementation shared by the emulator proxy and the offline tools
-//! (`ppl --snr-db ...`, the agent's profiler), so both see exactly the same perturbations.
+//! (`ppl`, `figure3`, the profiler), so both see exactly the same perturbations.
 //!
-//! A message's values are cut into packets of `packet_bytes` (at the wire dtype's element size).
-//! Each packet passes a chain of [`Impairment`]s, one file each: [`fading`] (Nakagami-m block
-//! gain), [`loss`] (outage below γ_th, with retransmissions), [`awgn`] (ŷ = h·y + n at the
-//! target SNR, optional equalization), [`erasure`] (zero-fill of lost packets; the reference
-//! element-wise erasure with probability p); [`airtime`] turns attempts into delay. Every draw
-//! comes from one seeded RNG: the same seed and config give the same perturbations. [`trace`]
-//! holds time-varying channels: CSV traces and generated mobility.
+//! A message's payload is cut into packets of `packet_bytes`. Each packet passes a chain of
+//! [`Impairment`]s, one file each: [`fading`] (Nakagami-m block gain), [`loss`] (outage below
+//! γ_th, with HARQ retransmissions within a latency budget), [`awgn`] (ŷ = h·y + n at the
+//! target SNR, then the receiver's [`Equalizer`]: zero-forcing by default, MMSE, or none),
+//! [`erasure`] (lost packets' elements are erased; the reference element-wise erasure with
+//! probability p); [`airtime`] turns attempts into delay. Every element the channel erased is
+//! marked in [`Transmission::erased`], for the receiver's concealment
+//! ([`crate::transform`]). Every draw comes from one seeded RNG: the same seed and config give
+//! the same perturbations. [`trace`] holds time-varying channels; [`preset`] the named ones.
+//!
+//! Value dtypes (f32, f16, bf16) form the analog link: noise perturbs the numbers. Quantized
+//! dtypes form the digital link: a packet of codes arrives intact or is lost, analog noise does
+//! not apply (it acts through the outage threshold), and the side information is sent
+//! protected, counted in air time but never lost.
 
 pub mod airtime;
-pub mod args;
 pub mod awgn;
 pub mod erasure;
 pub mod fading;
 pub mod loss;
 pub mod math;
+pub mod preset;
 pub mod trace;
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
-use candle_core::Tensor;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::boundary::Boundary;
 use crate::error::{Error, Result};
-use crate::wire::{WireDType, WireTensor};
+use crate::wire::WireTensor;
 pub use airtime::LinkModel;
+pub use preset::{Preset, parse_preset, preset};
 
 /// One packet on its way through the chain.
 #[derive(Debug)]
@@ -37,14 +45,15 @@ pub struct Packet<'a> {
     pub gain: f64,
     pub lost: bool,
     pub attempts: u32,
-    pub erased_elements: usize,
+    /// Indices (within the packet) of the elements the channel erased.
+    pub erased: Vec<usize>,
     pub signal_energy: f64,
     pub noise_energy: f64,
 }
 
 impl<'a> Packet<'a> {
     pub fn new(values: &'a mut [f32], gain: f64) -> Self {
-        Self { values, gain, lost: false, attempts: 1, erased_elements: 0, signal_energy: 0.0, noise_energy: 0.0 }
+        Self { values, gain, lost: false, attempts: 1, erased: Vec::new(), signal_energy: 0.0, noise_energy: 0.0 }
     }
 }
 
@@ -54,13 +63,51 @@ pub trait Impairment: Send {
     fn apply(&mut self, p: &mut Packet<'_>, rng: &mut StdRng);
 }
 
+/// The receiver's equalizer for the analog link's y = h·x + n.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Equalizer {
+    /// Leave the gain in: x̂ = y (what the channel did before there was a receiver).
+    None,
+    /// x̂ = y / h.
+    #[default]
+    ZeroForcing,
+    /// x̂ = h·y / (h² + 1/γ̄): the linear MMSE estimate for a zero-mean signal of the packet's
+    /// power; it shrinks deep fades toward 0 (the mean, after standardization).
+    Mmse,
+}
+
+impl fmt::Display for Equalizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "none",
+            Self::ZeroForcing => "zf",
+            Self::Mmse => "mmse",
+        })
+    }
+}
+
+impl FromStr for Equalizer {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" | "off" => Ok(Self::None),
+            "zf" | "zero-forcing" => Ok(Self::ZeroForcing),
+            "mmse" => Ok(Self::Mmse),
+            _ => Err(Error::InvalidArgument(format!("unknown equalizer {s:?}; expected none, zf or mmse"))),
+        }
+    }
+}
+
 /// Digital loss settings: target rate R on bandwidth B sets γ_th = 2^(R/B) − 1.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossConfig {
     pub rate_bps: f64,
     pub bandwidth_hz: f64,
-    /// Attempts after the first before a packet is erased (0 = erase at once).
+    /// HARQ: attempts after the first before a packet is given up (0 = give up at once).
     pub retransmissions: u32,
+    /// HARQ latency budget per packet: no attempt starts whose air time would end past it.
+    #[serde(default)]
+    pub budget_ms: Option<f64>,
 }
 
 /// A channel, as the emulator and `ppl` take it.
@@ -71,9 +118,10 @@ pub struct ChannelConfig {
     /// Nakagami m (≥ 0.5); `None` is no fading.
     pub fading_m: Option<f64>,
     pub coherence_packets: usize,
-    /// Analog noise on the values at `snr_db`.
+    /// Analog noise on the values at `snr_db` (value dtypes only).
     pub noise: bool,
-    pub equalize: bool,
+    #[serde(default)]
+    pub equalizer: Equalizer,
     pub packet_bytes: usize,
     pub loss: Option<LossConfig>,
     /// The reference element-wise erasure probability.
@@ -82,14 +130,15 @@ pub struct ChannelConfig {
 }
 
 impl Default for ChannelConfig {
-    /// A clean channel: no fading, noise, loss or erasure; 1 ms propagation at 100 Mb/s.
+    /// A clean channel: no fading, noise, loss or erasure; zero-forcing; 1 ms propagation at
+    /// 100 Mb/s.
     fn default() -> Self {
         Self {
             snr_db: 30.0,
             fading_m: None,
             coherence_packets: 1,
             noise: false,
-            equalize: false,
+            equalizer: Equalizer::ZeroForcing,
             packet_bytes: 1024,
             loss: None,
             erasure_p: None,
@@ -127,6 +176,9 @@ impl ChannelConfig {
         if let Some(l) = &self.loss {
             positive("loss rate_bps", l.rate_bps)?;
             positive("loss bandwidth_hz", l.bandwidth_hz)?;
+            if let Some(b) = l.budget_ms {
+                positive("harq budget_ms", b)?;
+            }
         }
         positive("link bandwidth_hz", self.link.bandwidth_hz)?;
         if let Some(r) = self.link.rate_bps {
@@ -144,6 +196,16 @@ impl ChannelConfig {
     }
 }
 
+/// Sets element `i` of a bitset (LSB first).
+pub fn set_bit(mask: &mut [u8], i: usize) {
+    mask[i / 8] |= 1 << (i % 8);
+}
+
+/// Whether element `i` of a bitset (LSB first) is set; an empty mask has none.
+pub fn bit(mask: &[u8], i: usize) -> bool {
+    mask.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
 /// What one message went through.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct Transmission {
@@ -153,13 +215,18 @@ pub struct Transmission {
     pub lost_packets: usize,
     pub retransmissions: u64,
     pub erased_elements: usize,
-    /// One bit per packet (LSB first): 1 = lost and zero-filled.
+    /// One bit per packet (LSB first): 1 = lost.
     pub erasure_mask: Vec<u8>,
+    /// One bit per element (LSB first): 1 = erased by the channel (its packet lost, or the
+    /// reference erasure hit it), for the receiver to conceal. Empty when nothing was erased.
+    pub erased: Vec<u8>,
     /// Sum of power gains of packets that got through, for the fading statistics.
     pub gain_sum: f64,
     pub gain_sq_sum: f64,
     pub signal_energy: f64,
     pub noise_energy: f64,
+    /// Bits sent, every attempt of every packet and the side information included.
+    pub bits_sent: u64,
     pub airtime: Duration,
 }
 
@@ -186,7 +253,7 @@ impl Channel {
         let loss = config
             .loss
             .map(|l| loss::OutageLoss::new(config.snr_db, l.rate_bps, l.bandwidth_hz, l.retransmissions, fading.clone()));
-        let awgn = config.noise.then(|| awgn::Awgn::new(config.snr_db, config.equalize));
+        let awgn = config.noise.then(|| awgn::Awgn::new(config.snr_db, config.equalizer));
         let erasure = config.erasure_p.map(erasure::ElementErasure::new);
         Ok(Self { rng: StdRng::seed_from_u64(seed), config, fading, loss, awgn, erasure })
     }
@@ -195,23 +262,37 @@ impl Channel {
         &self.config
     }
 
-    /// Perturbs `values` (elements of `elem_bytes` each on the wire) in place.
-    pub fn transmit(&mut self, values: &mut [f32], elem_bytes: usize) -> Transmission {
-        let per_packet = (self.config.packet_bytes / elem_bytes.max(1)).max(1);
+    /// Perturbs `values` (elements of `elem_bits` each on the wire) in place, as the analog link.
+    pub fn transmit(&mut self, values: &mut [f32], elem_bits: usize) -> Transmission {
+        self.transmit_packets(values, elem_bits, true)
+    }
+
+    fn transmit_packets(&mut self, values: &mut [f32], elem_bits: usize, analog: bool) -> Transmission {
+        let elem_bits = elem_bits.max(1);
+        let per_packet = (self.config.packet_bytes * 8 / elem_bits).max(1);
         let mean_snr = 10f64.powf(self.config.snr_db / 10.0);
         let mut t = Transmission { elements: values.len(), ..Transmission::default() };
+        let mut erased = vec![0u8; values.len().div_ceil(8)];
         let mut airtime_s = 0.0;
         for (i, chunk) in values.chunks_mut(per_packet).enumerate() {
-            let bits = (chunk.len() * elem_bytes * 8) as f64;
+            let len = chunk.len();
+            let bits = (len * elem_bits) as f64;
             let mut p = Packet::new(chunk, 1.0);
             if let Some(f) = &mut self.fading {
                 f.apply(&mut p, &mut self.rng);
             }
             let first_gain = p.gain;
             if let Some(l) = &mut self.loss {
+                // HARQ's latency budget caps the attempts: each takes this packet's air time at
+                // the mean SNR (the fixed rate, or Shannon's at γ̄).
+                if let Some(budget_ms) = self.config.loss.and_then(|c| c.budget_ms) {
+                    let attempt_s = self.config.link.serialization_s(bits, mean_snr);
+                    let fit = (budget_ms / 1e3 / attempt_s).floor().max(1.0);
+                    l.limit = Some((fit as u32).saturating_sub(1));
+                }
                 l.apply(&mut p, &mut self.rng);
             }
-            if let Some(a) = &mut self.awgn {
+            if analog && let Some(a) = &mut self.awgn {
                 a.apply(&mut p, &mut self.rng);
             }
             erasure::EraseLost.apply(&mut p, &mut self.rng);
@@ -221,6 +302,7 @@ impl Channel {
             // Failed attempts ran at the first draw's rate; the last at the gain that got through.
             airtime_s += f64::from(p.attempts - 1) * self.config.link.serialization_s(bits, first_gain * mean_snr)
                 + self.config.link.serialization_s(bits, p.gain * mean_snr);
+            t.bits_sent += u64::from(p.attempts) * bits as u64;
             if i % 8 == 0 {
                 t.erasure_mask.push(0);
             }
@@ -233,41 +315,42 @@ impl Channel {
             }
             t.packets += 1;
             t.retransmissions += u64::from(p.attempts - 1);
-            t.erased_elements += p.erased_elements;
+            t.erased_elements += p.erased.len();
+            for &e in &p.erased {
+                set_bit(&mut erased, i * per_packet + e);
+            }
             t.signal_energy += p.signal_energy;
             t.noise_energy += p.noise_energy;
+        }
+        if t.erased_elements > 0 {
+            t.erased = erased;
         }
         t.airtime = Duration::from_secs_f64(airtime_s.min(3600.0)) + self.config.link.propagation();
         t
     }
 
-    /// Perturbs a wire tensor, keeping its dtype; returns the new tensor and what happened.
+    /// Sends a wire tensor, keeping its dtype; returns what arrived and what happened. Value
+    /// dtypes take the analog link (erased elements arrive as 0). Quantized dtypes take the
+    /// digital link: packets of codes are delivered intact or lost (their codes zeroed), and the
+    /// protected side information adds its bits to the air time at the mean SNR's rate.
     pub fn transmit_wire(&mut self, tensor: &WireTensor) -> Result<(WireTensor, Transmission)> {
-        let mut values = tensor.to_f32_vec();
-        let t = self.transmit(&mut values, tensor.dtype().size());
-        let out = WireTensor::from_f32(tensor.dtype(), tensor.shape().to_vec(), &values)?;
+        let dtype = tensor.dtype();
+        if dtype.is_value() {
+            let mut values = tensor.to_f32_vec();
+            let t = self.transmit_packets(&mut values, dtype.bits(), true);
+            let out = WireTensor::from_f32(dtype, tensor.shape().to_vec(), &values)?;
+            return Ok((out, t));
+        }
+        // Only which elements are lost matters here; the codes themselves are not perturbed.
+        let mut shadow = vec![0f32; tensor.elements()];
+        let mut t = self.transmit_packets(&mut shadow, dtype.bits(), false);
+        let side_bits = (tensor.side_len() * 8) as f64;
+        let mean_snr = 10f64.powf(self.config.snr_db / 10.0);
+        t.airtime += Duration::from_secs_f64(self.config.link.serialization_s(side_bits, mean_snr).min(3600.0));
+        t.bits_sent += side_bits as u64;
+        let mut out = tensor.clone();
+        out.zero_elements(&t.erased);
         Ok((out, t))
-    }
-}
-
-/// The channel at the split boundary in process, for `ppl` and the profiler: the hidden state is
-/// encoded in the wire dtype, perturbed, and decoded, exactly as through the emulator.
-pub struct ChannelBoundary {
-    pub channel: Channel,
-    pub dtype: WireDType,
-    pub last: Transmission,
-}
-
-impl Boundary for ChannelBoundary {
-    fn transmit(&mut self, hidden: &Tensor) -> Result<Tensor> {
-        let wire = WireTensor::from_tensor(hidden, self.dtype)?;
-        let (out, t) = self.channel.transmit_wire(&wire)?;
-        self.last = t;
-        out.to_tensor(hidden.device())
-    }
-
-    fn describe(&self) -> String {
-        format!("channel {:?}, wire {}", self.channel.config(), self.dtype)
     }
 }
 
@@ -280,7 +363,7 @@ mod tests {
             snr_db: 10.0,
             fading_m: Some(1.0),
             noise: true,
-            loss: Some(LossConfig { rate_bps: 2e6, bandwidth_hz: 1e6, retransmissions: 1 }),
+            loss: Some(LossConfig { rate_bps: 2e6, bandwidth_hz: 1e6, retransmissions: 1, budget_ms: None }),
             erasure_p: Some(0.05),
             packet_bytes: 64,
             ..ChannelConfig::default()
@@ -295,7 +378,7 @@ mod tests {
     fn same_seed_same_perturbation_different_seed_differs() {
         let run = |seed| {
             let mut v = input();
-            let t = Channel::new(noisy(), seed).unwrap().transmit(&mut v, 4);
+            let t = Channel::new(noisy(), seed).unwrap().transmit(&mut v, 32);
             (v, t)
         };
         let (a, ta) = run(1);
@@ -310,7 +393,7 @@ mod tests {
     #[test]
     fn clean_channel_changes_no_value_but_takes_air_time() {
         let mut v = input();
-        let t = Channel::new(ChannelConfig::default(), 0).unwrap().transmit(&mut v, 4);
+        let t = Channel::new(ChannelConfig::default(), 0).unwrap().transmit(&mut v, 32);
         assert_eq!(v, input());
         // 16 KiB at 100 Mb/s is 1.31 ms, plus 1 ms propagation.
         let want = 4096.0 * 32.0 / 100e6 + 1e-3;
@@ -321,9 +404,9 @@ mod tests {
     #[test]
     fn lost_packets_are_zero_filled_and_marked() {
         // γ̄ = 0 dB far below γ_th = 3: every packet is lost.
-        let cfg = ChannelConfig { snr_db: 0.0, loss: Some(LossConfig { rate_bps: 2e6, bandwidth_hz: 1e6, retransmissions: 0 }), packet_bytes: 64, ..ChannelConfig::default() };
+        let cfg = ChannelConfig { snr_db: 0.0, loss: Some(LossConfig { rate_bps: 2e6, bandwidth_hz: 1e6, retransmissions: 0, budget_ms: None }), packet_bytes: 64, ..ChannelConfig::default() };
         let mut v = input();
-        let t = Channel::new(cfg, 0).unwrap().transmit(&mut v, 4);
+        let t = Channel::new(cfg, 0).unwrap().transmit(&mut v, 32);
         assert!(v.iter().all(|&x| x == 0.0));
         assert_eq!(t.lost_packets, 256);
         assert!(t.erasure_mask.iter().all(|&b| b == 0xff));
@@ -336,7 +419,7 @@ mod tests {
         assert!(e(ChannelConfig { erasure_p: Some(1.5), ..ChannelConfig::default() }).contains("erasure probability 1.5 is outside [0, 1]"));
         let neg = ChannelConfig { link: LinkModel { bandwidth_hz: -1.0, ..ChannelConfig::default().link }, ..ChannelConfig::default() };
         assert!(e(neg).contains("link bandwidth_hz -1 must be positive"));
-        let neg_loss = ChannelConfig { loss: Some(LossConfig { rate_bps: 1e6, bandwidth_hz: -5.0, retransmissions: 0 }), ..ChannelConfig::default() };
+        let neg_loss = ChannelConfig { loss: Some(LossConfig { rate_bps: 1e6, bandwidth_hz: -5.0, retransmissions: 0, budget_ms: None }), ..ChannelConfig::default() };
         assert!(e(neg_loss).contains("loss bandwidth_hz -5 must be positive"));
     }
 }

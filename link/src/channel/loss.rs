@@ -1,7 +1,8 @@
 //! Digital packet loss from outage: a packet is lost when its instantaneous SNR g·γ̄ falls below
 //! γ_th = 2^(R/B) − 1 (rate R on bandwidth B). With Nakagami-m fading the outage probability is
 //! P(m, m·γ_th/γ̄). A lost packet is retransmitted up to `retransmissions` times, each attempt
-//! with a fresh fading draw and its own air time; if every attempt fails it is erased.
+//! with a fresh fading draw and its own air time (HARQ), no more than a latency budget allows;
+//! if every attempt fails it is erased.
 
 use rand::rngs::StdRng;
 
@@ -14,6 +15,8 @@ pub struct OutageLoss {
     mean_snr: f64,
     threshold: f64,
     retransmissions: u32,
+    /// A tighter cap on this packet's retransmissions (HARQ's latency budget), set by the channel.
+    pub limit: Option<u32>,
     /// Fading for the fresh draws of retransmissions; `None` means a static channel.
     fading: Option<Fading>,
 }
@@ -24,6 +27,7 @@ impl OutageLoss {
             mean_snr: 10f64.powf(mean_snr_db / 10.0),
             threshold: threshold(rate_bps, bandwidth_hz),
             retransmissions,
+            limit: None,
             fading,
         }
     }
@@ -52,8 +56,9 @@ impl Impairment for OutageLoss {
     fn apply(&mut self, p: &mut Packet<'_>, rng: &mut StdRng) {
         let mut gain = p.gain;
         p.attempts = 1;
+        let retransmissions = self.limit.map_or(self.retransmissions, |l| l.min(self.retransmissions));
         while gain * self.mean_snr < self.threshold {
-            if p.attempts > self.retransmissions {
+            if p.attempts > retransmissions {
                 p.lost = true;
                 return;
             }

@@ -1,26 +1,16 @@
-//! Command-line form of a channel, shared by the emulator and `splitinfer ppl` so both take the
-//! same flags and environment variables (`EMU_*`: the emulator's channel is the reference).
+//! Command-line form of a channel. The emulator owns these flags (`EMU_*`: its channel is the
+//! reference); `splitinfer ppl` and `figure3` reuse them, so offline and live runs take the same
+//! flags and environment variables.
 
-use super::{ChannelConfig, LinkModel, LossConfig};
-use crate::error::{Error, Result};
-
-/// Named channels: the paper's training cases as we define them, plus `static` (the flags).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
-pub enum Preset {
-    /// Exactly what the flags say.
-    Static,
-    /// Case L, a good channel: 20 dB mean SNR, Nakagami m = 3, analog noise, outage loss at
-    /// γ_th = 0 dB (R/B = 1) with one retransmission.
-    Good,
-    /// Case H, a bad channel: 5 dB, Rayleigh (m = 1), analog noise, outage loss at γ_th = 0 dB
-    /// with one retransmission.
-    Bad,
-}
+use splitinfer_link::Result;
+use splitinfer_link::channel::{ChannelConfig, Equalizer, LinkModel, LossConfig, Preset, parse_preset, preset};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ChannelArgs {
-    /// Start from a named channel (good = case L, bad = case H); flags given explicitly override it.
-    #[arg(long, env = "EMU_PRESET", value_enum, default_value = "static")]
+    /// Start from a named channel: static (the flags), good (case L: 20 dB, m = 3, noise, outage
+    /// at γ_th = 0 dB with one retransmission) or bad (case H: 5 dB, Rayleigh, the same). Flags
+    /// given explicitly override it.
+    #[arg(long, env = "EMU_PRESET", value_parser = parse_preset, default_value = "static")]
     pub preset: Preset,
     /// Mean SNR γ̄ in dB.
     #[arg(long, allow_negative_numbers = true, env = "EMU_SNR_DB")]
@@ -34,9 +24,10 @@ pub struct ChannelArgs {
     /// Analog noise on the values: ŷ = h·y + n at --snr-db.
     #[arg(long, env = "EMU_NOISE")]
     pub noise: bool,
-    /// Zero-forcing equalization (divide by h) after the noise.
-    #[arg(long, env = "EMU_EQUALIZE")]
-    pub equalize: bool,
+    /// The receiver's equalizer after the noise: zf (zero-forcing, x̂ = y/h), mmse
+    /// (x̂ = h·y/(h² + 1/γ̄)) or none (the gain stays in, as before there was a receiver).
+    #[arg(long, env = "EMU_EQUALIZER", value_parser = parse_equalizer)]
+    pub equalizer: Option<Equalizer>,
     /// Packet size in bytes (of the wire dtype's elements).
     #[arg(long, env = "EMU_PACKET_BYTES")]
     pub packet_bytes: Option<usize>,
@@ -46,9 +37,12 @@ pub struct ChannelArgs {
     /// Bandwidth B for the loss threshold.
     #[arg(long, allow_negative_numbers = true, env = "EMU_LOSS_BANDWIDTH_HZ", default_value_t = 1e6)]
     pub loss_bandwidth_hz: f64,
-    /// Retransmissions before a lost packet is erased (zero-filled).
+    /// HARQ: retransmissions before a lost packet is given up (its elements erased).
     #[arg(long, env = "EMU_RETRANSMISSIONS")]
     pub retransmissions: Option<u32>,
+    /// HARQ latency budget per packet: no attempt starts that would end after it.
+    #[arg(long, allow_negative_numbers = true, env = "EMU_HARQ_BUDGET_MS")]
+    pub harq_budget_ms: Option<f64>,
     /// Reference mode: every element zeroed with this probability (the authors' p in [0.01, 0.30]).
     #[arg(long, allow_negative_numbers = true, env = "EMU_ERASURE_P")]
     pub erasure_p: Option<f64>,
@@ -81,14 +75,26 @@ impl ChannelArgs {
             c.coherence_packets = v;
         }
         c.noise |= self.noise;
-        c.equalize |= self.equalize;
+        if let Some(e) = self.equalizer {
+            c.equalizer = e;
+        }
         if let Some(v) = self.packet_bytes {
             c.packet_bytes = v;
         }
         if let Some(rate) = self.loss_rate_bps {
-            c.loss = Some(LossConfig { rate_bps: rate, bandwidth_hz: self.loss_bandwidth_hz, retransmissions: self.retransmissions.unwrap_or(0) });
-        } else if let (Some(l), Some(r)) = (c.loss.as_mut(), self.retransmissions) {
-            l.retransmissions = r;
+            c.loss = Some(LossConfig {
+                rate_bps: rate,
+                bandwidth_hz: self.loss_bandwidth_hz,
+                retransmissions: self.retransmissions.unwrap_or(0),
+                budget_ms: self.harq_budget_ms,
+            });
+        } else if let Some(l) = c.loss.as_mut() {
+            if let Some(r) = self.retransmissions {
+                l.retransmissions = r;
+            }
+            if self.harq_budget_ms.is_some() {
+                l.budget_ms = self.harq_budget_ms;
+            }
         }
         if self.erasure_p.is_some() {
             c.erasure_p = self.erasure_p;
@@ -103,37 +109,6 @@ impl ChannelArgs {
     }
 }
 
-/// The channel a preset names; `Static` is `base` (what the flags said).
-pub fn preset(p: Preset, base: &ChannelConfig) -> ChannelConfig {
-    match p {
-        Preset::Static => base.clone(),
-        Preset::Good => preset_config(20.0, 3.0),
-        Preset::Bad => preset_config(5.0, 1.0),
-    }
-}
-
-impl Preset {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Static => "static",
-            Self::Good => "good",
-            Self::Bad => "bad",
-        }
-    }
-}
-
-fn preset_config(snr_db: f64, m: f64) -> ChannelConfig {
-    ChannelConfig {
-        snr_db,
-        fading_m: Some(m),
-        noise: true,
-        loss: Some(LossConfig { rate_bps: 1e6, bandwidth_hz: 1e6, retransmissions: 1 }),
-        ..ChannelConfig::default()
-    }
-}
-
-/// Parses a preset name for the control API and config files.
-pub fn parse_preset(name: &str) -> Result<Preset> {
-    <Preset as clap::ValueEnum>::from_str(name, true)
-        .map_err(|_| Error::InvalidArgument(format!("unknown scenario {name:?}; known: static, good, bad")))
+fn parse_equalizer(s: &str) -> Result<Equalizer> {
+    s.parse()
 }

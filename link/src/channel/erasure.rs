@@ -1,6 +1,6 @@
 //! The reference mode of the authors' released code: every element is set to zero independently
 //! with probability p (their operating points are p ∈ [0.01, 0.30]). Also: a lost packet's
-//! values are zero-filled.
+//! values are zero-filled. Both mark what they erased, for the receiver's concealment.
 
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -24,10 +24,13 @@ impl Impairment for ElementErasure {
     }
 
     fn apply(&mut self, p: &mut Packet<'_>, rng: &mut StdRng) {
-        for v in p.values.iter_mut() {
+        for (i, v) in p.values.iter_mut().enumerate() {
             if rng.random::<f64>() < self.p {
                 *v = 0.0;
-                p.erased_elements += 1;
+                // A lost packet's elements are already marked.
+                if !p.lost {
+                    p.erased.push(i);
+                }
             }
         }
     }
@@ -45,7 +48,7 @@ impl Impairment for EraseLost {
     fn apply(&mut self, p: &mut Packet<'_>, _: &mut StdRng) {
         if p.lost {
             p.values.iter_mut().for_each(|v| *v = 0.0);
-            p.erased_elements += p.values.len();
+            p.erased.extend(0..p.values.len());
         }
     }
 }

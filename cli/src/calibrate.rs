@@ -1,0 +1,151 @@
+//! `splitinfer calibrate`: the model's activation statistics at every layer boundary, on text
+//! that no evaluation scores, written as a versioned JSON file ([`split_core::calibration`]) and
+//! drawn as the top-8 power share and the kurtosis against k.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Args;
+use plotters::prelude::*;
+use split_core::assets;
+use split_core::calibration::{Calibration, TOP};
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub model: crate::ModelArgs,
+    /// Calibration text. Default: the Brown "learned" files cj01-cj20 (the evaluation text is the
+    /// news files; never calibrate on the text you score).
+    #[arg(long, env = "SPLITINFER_CALIBRATION_TEXT")]
+    pub text: Option<PathBuf>,
+    /// Tokens of the text to use.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_tokens: usize,
+    /// Tokens per window (each starts from an empty cache, as the scored windows do).
+    #[arg(long, default_value_t = 512)]
+    pub window: usize,
+    /// The file to write. Default: calibration/<model name>.json.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The PNG of the top-8 power share and kurtosis against k. Default: beside --out.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// TrueType font for the plot's labels (default: DejaVu Sans from fonts-dejavu-core).
+    #[arg(long, env = "SPLITINFER_FONT")]
+    pub font: Option<PathBuf>,
+}
+
+pub fn run(args: CalibrateArgs) -> Result<()> {
+    crate::figure::load_font(args.font.as_deref())?;
+    let path = split_core::bundle::resolve_model(args.model.model.as_deref(), &args.model.model_name)?;
+    let sha = assets::sha256_file(&path)?;
+    let name = assets::MODELS.iter().find(|m| m.sha256 == sha).map_or_else(
+        || path.file_stem().map_or("model".into(), |s| s.to_string_lossy().to_string()),
+        |m| m.name.to_string(),
+    );
+    let (text, label) = match &args.text {
+        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?, p.display().to_string()),
+        None => assets::calibration_text(&mut |m| eprintln!("calibrate: {m}"))?,
+    };
+    let (model, tokenizer) = crate::load(&args.model)?;
+    let mut tokens = tokenizer.encode(&text)?;
+    if args.max_tokens > 0 {
+        tokens.truncate(args.max_tokens);
+    }
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("calibration").join(format!("{name}.json")));
+    let plot = args.plot.clone().unwrap_or_else(|| out.with_extension("png"));
+    let started = Instant::now();
+    eprintln!("calibrate: {} tokens of {label} through {} boundaries of {name}", tokens.len(), model.n_layers() + 1);
+    let c = split_core::calibrate::calibrate(&model, &name, &sha, &label, &tokens, args.window, &mut |done, total| {
+        eprintln!("calibrate: window {done}/{total}, {:.0}s", started.elapsed().as_secs_f64());
+    })?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    c.save(&out)?;
+    draw(&c, &plot)?;
+    println!("{}", table(&c));
+    println!("calibration {} and plot {} ({} tokens, {:.0}s)", out.display(), plot.display(), c.tokens, started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One row per boundary: max |x|, the top-8 share, kurtosis, and the per-element MSE of
+/// zero-fill against mean-fill.
+pub fn table(c: &Calibration) -> String {
+    let mut s = format!(
+        "| k | max abs | top-{TOP} power share | top dims | kurtosis | zero-fill MSE | mean-fill MSE | ratio | position 0: max abs | its top dims | zero-fill MSE | mean-fill MSE |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for b in &c.boundaries {
+        let (zero, mean) = b.fill_mse();
+        let dims: Vec<String> = b.top_dims.iter().take(3).map(|d| d.to_string()).collect();
+        let (fz, fm) = b.first_fill_mse();
+        let fdims: Vec<String> = b.first.top_dims.iter().take(3).map(|d| d.to_string()).collect();
+        s.push_str(&format!(
+            "| {} | {:.1} | {:.3} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {:.1} | {} | {:.1} | {:.3} |\n",
+            b.k,
+            b.max_abs,
+            b.top_share,
+            dims.join(", "),
+            b.kurtosis,
+            zero,
+            mean,
+            zero / mean.max(f64::MIN_POSITIVE),
+            b.first.max_abs,
+            fdims.join(", "),
+            fz,
+            fm
+        ));
+    }
+    s
+}
+
+fn draw(c: &Calibration, out: &Path) -> Result<()> {
+    let root = BitMapBackend::new(out, (1200, 480)).into_drawing_area();
+    let err = |e: DrawingAreaErrorKind<_>| anyhow!("cannot draw {}: {e}", out.display());
+    root.fill(&WHITE).map_err(err)?;
+    let (left, right) = root.split_horizontally(600);
+    let n = c.boundaries.len().saturating_sub(1) as f64;
+    let share: Vec<(f64, f64)> = c.boundaries.iter().map(|b| (b.k as f64, b.top_share)).collect();
+    let kurt: Vec<(f64, f64)> = c.boundaries.iter().map(|b| (b.k as f64, b.kurtosis.max(1.0))).collect();
+    let kmax = kurt.iter().map(|p| p.1).fold(10.0, f64::max);
+    {
+        let mut chart = ChartBuilder::on(&left)
+            .caption(format!("{}: power in the top {TOP} of {} dimensions", c.model, c.hidden), ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..n, 0f64..1f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("boundary k (after layer k)")
+            .y_desc("share of E[x²]")
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        chart.draw_series(LineSeries::new(share.clone(), BLUE.stroke_width(2))).map_err(err)?;
+        chart.draw_series(share.iter().map(|&p| Circle::new(p, 3, BLUE.filled()))).map_err(err)?;
+    }
+    let mut chart = ChartBuilder::on(&right)
+        .caption("kurtosis of all elements (Gaussian = 3)", ("sans-serif", 17))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(0f64..n, (1f64..kmax * 1.5).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("boundary k (after layer k)")
+        .y_desc("kurtosis (log scale)")
+        .x_label_formatter(&|x| format!("{}", x.round() as i64))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    chart.draw_series(LineSeries::new(kurt.clone(), RED.stroke_width(2))).map_err(err)?;
+    chart.draw_series(kurt.iter().map(|&p| Circle::new(p, 3, RED.filled()))).map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! The transmitter's and the receiver's processing of the hidden state around the channel.
+//!
+//! UE: [`Normalization`] (identity, or per-dimension standardization `(y − μ)/σ` with the
+//! calibration statistics of the boundary), then the wire codec. Edge: the codec's decoding,
+//! undoing the normalization, then [`Concealment`] of the elements the channel lost (the
+//! activation's element mask): zero-fill, the reference, or the calibration mean of each
+//! dimension (Sun et al. 2024: fixing massive activations to their mean costs almost nothing,
+//! zeroing them wrecks the model). [`LinkSetup`] is the pair of choices both ends agree on in
+//! `Open`; in process, `split_core`'s channel boundary runs exactly these functions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::calibration::{BoundaryStats, STD_FLOOR};
+use crate::channel::{Channel, Transmission};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::wire::{WireDType, WireTensor};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub enum Normalization {
+    /// Send the hidden state as it is (bit-exact on a clean f32 link).
+    #[default]
+    Identity,
+    /// Send `(y − μ_d)/σ_d` per dimension; the receiver multiplies back.
+    Standardize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+pub enum Concealment {
+    /// Lost elements are 0, the reference mode of the authors' code.
+    #[default]
+    Zero,
+    /// Lost elements take their dimension's calibration mean.
+    Mean,
+}
+
+impl fmt::Display for Normalization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Identity => "identity",
+            Self::Standardize => "standardize",
+        })
+    }
+}
+
+impl FromStr for Normalization {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "identity" | "none" => Ok(Self::Identity),
+            "standardize" => Ok(Self::Standardize),
+            _ => Err(Error::InvalidArgument(format!("unknown normalization {s:?}; expected identity or standardize"))),
+        }
+    }
+}
+
+impl fmt::Display for Concealment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Zero => "zero",
+            Self::Mean => "mean",
+        })
+    }
+}
+
+impl FromStr for Concealment {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "zero" => Ok(Self::Zero),
+            "mean" => Ok(Self::Mean),
+            _ => Err(Error::InvalidArgument(format!("unknown concealment {s:?}; expected zero or mean"))),
+        }
+    }
+}
+
+/// What the two ends of the link agree on: codec, normalization and concealment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct LinkSetup {
+    pub dtype: WireDType,
+    pub normalization: Normalization,
+    pub concealment: Concealment,
+}
+
+impl LinkSetup {
+    /// Whether this setup needs the boundary's calibration statistics.
+    pub fn needs_calibration(&self) -> bool {
+        self.normalization == Normalization::Standardize || self.concealment == Concealment::Mean
+    }
+
+    fn stats<'a>(&self, stats: Option<&'a BoundaryStats>, n: usize) -> Result<Option<&'a BoundaryStats>> {
+        if !self.needs_calibration() {
+            return Ok(None);
+        }
+        let s = stats.ok_or_else(|| {
+            Error::InvalidArgument(format!("normalization {} / concealment {} need calibration statistics; none were loaded", self.normalization, self.concealment))
+        })?;
+        if s.mean.len() != n {
+            return Err(Error::InvalidArgument(format!("calibration has {} dimensions at boundary {}, the hidden state {n}", s.mean.len(), s.k)));
+        }
+        Ok(Some(s))
+    }
+
+    /// Transmitter: normalizes `values` (rows of `shape`'s last dimension, the first at absolute
+    /// position `position`) and encodes them.
+    pub fn encode(&self, shape: Vec<usize>, values: &[f32], stats: Option<&BoundaryStats>, position: usize) -> Result<WireTensor> {
+        let n = shape.last().copied().unwrap_or(0);
+        let stats = self.stats(stats, n)?;
+        match (self.normalization, stats) {
+            (Normalization::Standardize, Some(s)) => {
+                let mut v = values.to_vec();
+                for (r, row) in v.chunks_exact_mut(n).enumerate() {
+                    let (mean, std) = s.row(position + r);
+                    for ((x, &m), &sd) in row.iter_mut().zip(mean).zip(std) {
+                        *x = (*x - m) / sd.max(STD_FLOOR);
+                    }
+                }
+                WireTensor::from_f32(self.dtype, shape, &v)
+            }
+            _ => WireTensor::from_f32(self.dtype, shape, values),
+        }
+    }
+
+    /// Receiver: decodes, undoes the normalization and conceals the elements whose bit is set in
+    /// `erased` (one per element, LSB first; empty = nothing lost). The first row is at absolute
+    /// position `position`.
+    pub fn decode(&self, tensor: &WireTensor, erased: &[u8], stats: Option<&BoundaryStats>, position: usize) -> Result<Vec<f32>> {
+        let n = tensor.row_len();
+        let stats = self.stats(stats, n)?;
+        if tensor.dtype() != self.dtype {
+            return Err(Error::InvalidArgument(format!("tensor dtype {} differs from the session's codec {}", tensor.dtype(), self.dtype)));
+        }
+        let elements = tensor.elements();
+        if !erased.is_empty() && erased.len() != elements.div_ceil(8) {
+            return Err(Error::InvalidArgument(format!("element mask of {} bytes for {elements} elements; expected {}", erased.len(), elements.div_ceil(8))));
+        }
+        let mut v = tensor.to_f32_vec();
+        if let (Normalization::Standardize, Some(s)) = (self.normalization, stats) {
+            for (r, row) in v.chunks_exact_mut(n).enumerate() {
+                let (mean, std) = s.row(position + r);
+                for ((x, &m), &sd) in row.iter_mut().zip(mean).zip(std) {
+                    *x = *x * sd.max(STD_FLOOR) + m;
+                }
+            }
+        }
+        if erased.iter().any(|&b| b != 0) {
+            // Outliers travel in the protected side information: their values arrived.
+            let protected = codec::protected_elements(tensor.dtype(), n, tensor.data());
+            for (e, x) in v.iter_mut().enumerate() {
+                if erased[e / 8] & (1 << (e % 8)) != 0 && !protected.contains(&e) {
+                    *x = match (self.concealment, stats) {
+                        (Concealment::Mean, Some(s)) => s.row(position + e / n).0[e % n],
+                        _ => 0.0,
+                    };
+                }
+            }
+        }
+        Ok(v)
+    }
+}
+
+impl LinkSetup {
+    /// The whole link in one call, as `ppl` and the profiler run it in process: transmitter
+    /// ([`Self::encode`]), `channel` ([`Channel::transmit_wire`]), receiver ([`Self::decode`]).
+    /// The emulator runs the middle step on the live stream, and the UE and edge the others.
+    pub fn send(&self, channel: &mut Channel, shape: Vec<usize>, values: &[f32], stats: Option<&BoundaryStats>, position: usize) -> Result<(Vec<f32>, Transmission)> {
+        let wire = self.encode(shape, values, stats, position)?;
+        let (arrived, t) = channel.transmit_wire(&wire)?;
+        let out = self.decode(&arrived, &t.erased, stats, position)?;
+        Ok((out, t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calibration::Accumulator;
+
+    fn stats(n: usize) -> BoundaryStats {
+        let mut acc = Accumulator::new(n);
+        let rows: Vec<f32> = (0..n * 50).map(|i| ((i * 7919) % 101) as f32 / 10.0 + if i % n == 1 { 500.0 } else { 0.0 }).collect();
+        acc.add(&rows);
+        Accumulator::finish(0, &acc, &acc, &acc)
+    }
+
+    #[test]
+    fn identity_on_f32_is_bit_exact_and_standardize_round_trips() {
+        let n = 16;
+        let s = stats(n);
+        let x: Vec<f32> = (0..2 * n).map(|i| (i as f32 * 0.3).cos() * 4.0 + if i % n == 1 { 500.0 } else { 0.0 }).collect();
+        let id = LinkSetup::default();
+        let w = id.encode(vec![1, 2, n], &x, None, 1).unwrap();
+        assert_eq!(id.decode(&w, &[], None, 1).unwrap(), x);
+        let std = LinkSetup { normalization: Normalization::Standardize, ..id };
+        let w = std.encode(vec![1, 2, n], &x, Some(&s), 1).unwrap();
+        // The massive dimension is sent at unit scale, not at 500.
+        assert!(w.to_f32_vec().iter().all(|v| v.abs() < 10.0), "{:?}", w.to_f32_vec());
+        for (a, b) in x.iter().zip(std.decode(&w, &[], Some(&s), 1).unwrap()) {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        let e = std.encode(vec![1, 2, n], &x, None, 1).unwrap_err().to_string();
+        assert!(e.contains("need calibration statistics"), "{e}");
+    }
+
+    /// Position 0 is standardized and concealed with its own statistics (the attention sink's
+    /// massive values), every other position with the pooled ones.
+    #[test]
+    fn position_zero_has_statistics_of_its_own() {
+        let n = 4;
+        let mut s = stats(n);
+        s.first = crate::calibration::RowStats { mean: vec![9000.0; n], std: vec![10.0; n], max_abs: 9000.0, top_dims: vec![0] };
+        let setup = LinkSetup { normalization: Normalization::Standardize, concealment: Concealment::Mean, ..LinkSetup::default() };
+        let x = vec![9000.0f32, 9000.0, 9000.0, 9000.0, 3.0, 3.0, 3.0, 3.0];
+        let w = setup.encode(vec![2, n], &x, Some(&s), 0).unwrap();
+        assert!(w.to_f32_vec()[..n].iter().all(|&v| v == 0.0), "row 0 standardized with position 0's mean");
+        let mask = [0b0001_0001u8]; // element 0 of each row
+        let y = setup.decode(&w, &mask, Some(&s), 0).unwrap();
+        assert_eq!((y[0], y[n]), (9000.0, s.mean[0]));
+        // The same rows later in the sequence use the pooled statistics for both.
+        let y = setup.decode(&setup.encode(vec![2, n], &x, Some(&s), 5).unwrap(), &mask, Some(&s), 5).unwrap();
+        assert_eq!((y[0], y[n]), (s.mean[0], s.mean[0]));
+    }
+
+    #[test]
+    fn concealment_fills_lost_elements_with_zero_or_the_mean() {
+        let n = 16;
+        let s = stats(n);
+        let x = vec![3.0f32; n];
+        let mut mask = vec![0u8; 2];
+        mask[0] = 0b10; // element 1, the massive dimension
+        for (c, want) in [(Concealment::Zero, 0.0), (Concealment::Mean, s.mean[1])] {
+            let setup = LinkSetup { concealment: c, ..LinkSetup::default() };
+            let w = setup.encode(vec![1, n], &x, Some(&s), 1).unwrap();
+            let y = setup.decode(&w, &mask, Some(&s), 1).unwrap();
+            assert_eq!(y[1], want);
+            assert!(y.iter().enumerate().all(|(i, &v)| i == 1 || v == 3.0));
+        }
+        let setup = LinkSetup::default();
+        let w = setup.encode(vec![1, n], &x, None, 1).unwrap();
+        assert!(setup.decode(&w, &[0u8; 3], None, 1).unwrap_err().to_string().contains("element mask of 3 bytes for 16 elements"));
+    }
+}
