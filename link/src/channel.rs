@@ -412,6 +412,70 @@ mod tests {
         assert!(t.erasure_mask.iter().all(|&b| b == 0xff));
     }
 
+    /// The digital link on an int8 tensor: the residual packet-loss rate with HARQ is q^(K+1),
+    /// q = P(m, m·γ_th/γ̄) the outage of one attempt, within 5 binomial standard errors; the mean
+    /// attempts are 1 + q + … + q^K; lost packets' elements, and only theirs, are marked erased
+    /// and arrive as 0; delivered codes are bit-exact.
+    #[test]
+    fn digital_packet_loss_matches_the_outage_formula_with_harq() {
+        use crate::wire::{WireDType, WireTensor};
+        let (rows, n) = (400, 576);
+        let x: Vec<f32> = (0..rows * n).map(|i| ((i as f32) * 0.37).sin() + 0.01).collect();
+        let w = WireTensor::from_f32(WireDType::I8, vec![1, rows, n], &x).unwrap();
+        let per_packet = 64; // 64 one-byte codes per packet
+        for (snr_db, retx) in [(8.0, 0u32), (8.0, 2), (3.0, 3)] {
+            let cfg = ChannelConfig {
+                snr_db,
+                fading_m: Some(1.0),
+                packet_bytes: per_packet,
+                loss: Some(LossConfig { rate_bps: 2e6, bandwidth_hz: 1e6, retransmissions: retx, budget_ms: None }),
+                ..ChannelConfig::default()
+            };
+            let mut ch = Channel::new(cfg, 21).unwrap();
+            let (mut lost, mut packets, mut attempts) = (0usize, 0usize, 0u64);
+            for _ in 0..10 {
+                let (out, t) = ch.transmit_wire(&w).unwrap();
+                let got = out.to_f32_vec();
+                let sent = w.to_f32_vec();
+                for e in 0..rows * n {
+                    if bit(&t.erased, e) {
+                        assert_eq!(got[e], 0.0);
+                        assert!(bit(&t.erasure_mask, e / per_packet), "element {e} erased, its packet not lost");
+                    } else {
+                        assert_eq!(got[e], sent[e], "a delivered code changed");
+                    }
+                }
+                lost += t.lost_packets;
+                packets += t.packets;
+                attempts += t.packets as u64 + t.retransmissions;
+            }
+            let q = loss::outage_probability(Some(1.0), snr_db, 2e6, 1e6);
+            let want = q.powi(retx as i32 + 1);
+            let se = (want * (1.0 - want) / packets as f64).sqrt();
+            let rate = lost as f64 / packets as f64;
+            assert!((rate - want).abs() < 5.0 * se, "{snr_db} dB, K={retx}: loss {rate:.5}, formula {want:.5} ± {:.5}", 5.0 * se);
+            let want_attempts: f64 = (0..=retx).map(|j| q.powi(j as i32)).sum();
+            let mean_attempts = attempts as f64 / packets as f64;
+            assert!((mean_attempts - want_attempts).abs() < 0.02 * want_attempts, "attempts {mean_attempts} against {want_attempts}");
+        }
+    }
+
+    /// HARQ stops at the latency budget: with room for two attempts, K = 5 acts as K = 1.
+    #[test]
+    fn harq_budget_caps_the_attempts() {
+        let loss = |budget_ms| LossConfig { rate_bps: 2e6, bandwidth_hz: 1e6, retransmissions: 5, budget_ms };
+        // 64-byte packets at the default 100 Mb/s take 5.12 µs an attempt: 11 µs fits two.
+        let cfg = |b| ChannelConfig { snr_db: 3.0, fading_m: Some(1.0), packet_bytes: 64, loss: Some(loss(b)), ..ChannelConfig::default() };
+        let run = |c| {
+            let mut v = input();
+            Channel::new(c, 4).unwrap().transmit(&mut v, 8)
+        };
+        let capped = run(cfg(Some(0.011)));
+        let free = run(cfg(None));
+        assert!(capped.retransmissions <= capped.packets as u64, "{} retransmissions for {} packets", capped.retransmissions, capped.packets);
+        assert!(free.retransmissions > capped.retransmissions && free.lost_packets < capped.lost_packets);
+    }
+
     #[test]
     fn bad_configuration_is_refused_with_the_value() {
         let e = |c: ChannelConfig| Channel::new(c, 0).unwrap_err().to_string();
