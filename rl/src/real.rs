@@ -153,6 +153,7 @@ impl RealEnv {
     /// One real evaluation: the perplexity at split `k` through `state`, the channel seeded by
     /// `seed` (the same arguments give the same number).
     pub fn ppl(&mut self, k: usize, state: ChannelState, seed: u64) -> Result<f64> {
+        anyhow::ensure!(k <= self.n_layers(), "split {k} is outside 0..={}", self.n_layers());
         let setup = LinkSetup { dtype: self.dtype, ..LinkSetup::default() };
         self.ppl_link(k, &state.channel(), setup, None, seed).with_context(|| format!("channel {state}"))
     }
