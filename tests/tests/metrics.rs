@@ -63,7 +63,7 @@ async fn ue_client_breakdown_and_metrics() {
     let metrics_addr = format!("127.0.0.1:{port}");
     let child = tokio::process::Command::new(workspace_binary("ue-client"))
         .args(["--edge", &bed.emulator_url, "--model", default_model().to_str().unwrap(), "--split", "6"])
-        .args(["--prompt", "The capital of France is", "-n", "200", "--json", "--metrics-listen", &metrics_addr])
+        .args(["--prompt", "The capital of France is", "-n", "200", "--ignore-eos", "--json", "--metrics-listen", &metrics_addr])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
