@@ -19,38 +19,7 @@ pub enum PolicyKind {
     Learned,
 }
 
-/// The control token for `Override`. Never printed: `Debug` shows only whether it is set.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ControlToken(String);
-
-impl ControlToken {
-    pub fn new(token: impl Into<String>) -> Self {
-        Self(token.into())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Compares in time independent of where the first difference is.
-    pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-}
-
-impl std::fmt::Debug for ControlToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ControlToken(<redacted>)")
-    }
-}
-
-impl std::str::FromStr for ControlToken {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_string()))
-    }
-}
+pub use splitinfer_telemetry::auth::ControlToken;
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -59,8 +28,9 @@ impl std::str::FromStr for ControlToken {
     about = "splitinfer agent: watches the channel emulator's statistics, runs a split policy and pushes split decisions (k, epoch) to the UE and the edge over gRPC"
 )]
 pub struct AgentConfig {
-    /// Address to listen on.
-    #[arg(long, env = "AGENT_LISTEN", default_value = "0.0.0.0:50053")]
+    /// Address to listen on. Loopback by default; give an interface's address (or 0.0.0.0) to
+    /// serve other hosts.
+    #[arg(long, env = "AGENT_LISTEN", default_value = "127.0.0.1:50053")]
     pub listen: SocketAddr,
     /// The channel emulator whose statistics stream (Emulator/WatchStats) the policy reads.
     #[arg(long, env = "AGENT_EMULATOR", default_value = "http://127.0.0.1:50052")]

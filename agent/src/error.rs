@@ -27,10 +27,6 @@ pub enum AgentError {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    Unauthenticated(String),
-    #[error("{0}")]
-    PermissionDenied(String),
 }
 
 impl From<AgentError> for Status {
@@ -38,8 +34,6 @@ impl From<AgentError> for Status {
         let code = match &e {
             AgentError::InvalidArgument(_) => Code::InvalidArgument,
             AgentError::NotFound(_) => Code::NotFound,
-            AgentError::Unauthenticated(_) => Code::Unauthenticated,
-            AgentError::PermissionDenied(_) => Code::PermissionDenied,
         };
         Status::new(code, e.to_string())
     }

@@ -7,9 +7,9 @@
 //! dropped.
 //!
 //! On every (re)subscription the follower reports as `last_epoch` the highest epoch it has
-//! acknowledged *or received*. Reporting only the acknowledged one would let a restarted agent
-//! reuse the number of a decision that was received but not yet applied, for another `k`, and
-//! this follower would then drop it as not newer.
+//! acknowledged or received. The agent only logs it when it is above its own counter: a restarted
+//! agent numbers above its previous run from the wall clock (`state::epoch_base`), never from
+//! what a subscriber says.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

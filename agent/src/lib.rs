@@ -83,6 +83,7 @@ pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Futu
     let agent = AgentServer::new(AgentService { state, control_token, shutdown: token.clone() });
 
     tracing::info!(addr = %listener.local_addr()?, emulator = %config.emulator, "agent listening");
+    splitinfer_telemetry::warn_if_exposed("the agent", listener.local_addr()?);
     let stop = token.clone();
     let server = tonic::transport::Server::builder()
         // Finds subscribers that vanished without closing their connection.

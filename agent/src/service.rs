@@ -23,21 +23,9 @@ pub struct AgentService {
 }
 
 impl AgentService {
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), AgentError> {
-        let Some(token) = &self.control_token else {
-            return Err(AgentError::PermissionDenied(
-                "overrides are disabled: start the agent with --control-token TOKEN (or AGENT_CONTROL_TOKEN) and send `authorization: Bearer TOKEN`".into(),
-            ));
-        };
-        let Some(value) = request.metadata().get("authorization") else {
-            return Err(AgentError::Unauthenticated("Override needs the metadata `authorization: Bearer <control token>`".into()));
-        };
-        let presented = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
-        match presented {
-            None => Err(AgentError::Unauthenticated("the authorization metadata must be `Bearer <control token>`".into())),
-            Some(t) if token.matches(t) => Ok(()),
-            Some(_) => Err(AgentError::PermissionDenied("wrong control token".into())),
-        }
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        splitinfer_telemetry::auth::check(self.control_token.as_ref(), request.metadata())
+            .map_err(|d| d.status("Override", "--control-token (AGENT_CONTROL_TOKEN)"))
     }
 }
 

@@ -7,9 +7,10 @@
 //! override is released (issued even when `k` equals the pinned one, so the decision in force
 //! says the policy is back in control).
 //!
-//! Epochs increase by one per decision. A subscriber that reports a `last_epoch` this agent did
-//! not give it (the agent restarted) raises the counter to it, and the decision in force is
-//! re-issued above it, so subscribers only ever see epochs grow.
+//! Epochs increase by one per decision, from a base taken off the wall clock when the agent
+//! starts ([`epoch_base`]: its start time in milliseconds times 10⁶), so a restarted agent
+//! numbers above everything it issued before without being told. Nothing a subscriber says moves
+//! the counter: a `last_epoch` above it (a clock set back, or a forged value) is only logged.
 //!
 //! Time comes in as an argument, so the rules are tested without sleeping. Decisions go out
 //! through a `watch` channel sent under the state's lock, so every subscriber sees them in order.
@@ -48,8 +49,6 @@ struct Subscriber {
     /// Which subscription (a resubscription under the same name replaces the old one, whose
     /// stream must then not mark the new one disconnected).
     generation: u64,
-    /// Highest epoch this agent handed to this subscriber (at subscription or while connected).
-    seen_epoch: u64,
     acked: Option<(u64, u32, u64)>,
     /// Cancelled when a newer subscription under the same name replaces this one.
     replaced: CancellationToken,
@@ -67,8 +66,10 @@ pub struct AgentState {
     policy: Box<dyn Policy>,
     n_layers: u32,
     rules: Rules,
-    /// The highest epoch issued, or reported by a subscriber from before a restart.
+    /// The highest epoch issued (0: none yet).
     epoch: u64,
+    /// The first decision is `epoch_base + 1`.
+    epoch_base: u64,
     current: Option<pb::Decision>,
     /// When the last decision that was not a re-issue was made (the dwell starts there).
     last_change: Option<Instant>,
@@ -94,6 +95,7 @@ impl AgentState {
             n_layers,
             rules: Rules { confirm: rules.confirm.max(1), ..rules },
             epoch: 0,
+            epoch_base: epoch_base(SystemTime::now()),
             current: None,
             last_change: None,
             candidate: None,
@@ -108,6 +110,12 @@ impl AgentState {
             stats_connected: false,
             decisions: watch::channel(None).0,
         }
+    }
+
+    /// Numbers decisions from `base + 1` instead of the clock's base (tests, replays).
+    pub fn with_epoch_base(mut self, base: u64) -> Self {
+        self.epoch_base = base;
+        self
     }
 
     pub fn current(&self) -> Option<&pb::Decision> {
@@ -170,15 +178,14 @@ impl AgentState {
     /// A new decision with the next epoch, recorded and sent to every subscriber. `now` is
     /// `None` for a re-issue, which does not restart the dwell time.
     fn issue(&mut self, k: u32, reason: String, policy: String, overridden: bool, now: Option<Instant>) -> pb::Decision {
-        self.epoch += 1;
+        // No overflow: the base is at most 1.8·10¹⁹ / 10 (see `epoch_base`), and one more per
+        // decision will not close that gap.
+        self.epoch = self.epoch.max(self.epoch_base) + 1;
         let inputs = self.observation.as_ref().map(Observation::to_proto);
         let d = pb::Decision { split: Some(pb::Split { k, epoch: self.epoch }), reason, inputs, policy, unix_ms: unix_ms(), overridden };
         tracing::info!(epoch = self.epoch, k, policy = %d.policy, overridden, reason = %d.reason, "split decision");
         if let Some(now) = now {
             self.last_change = Some(now);
-        }
-        for s in self.subscribers.values_mut().filter(|s| s.connected) {
-            s.seen_epoch = self.epoch;
         }
         self.current = Some(d.clone());
         self.history.push_back(d.clone());
@@ -189,21 +196,20 @@ impl AgentState {
         d
     }
 
-    /// Registers (or replaces) a subscriber. A `last_epoch` this agent did not hand out raises
-    /// the epoch counter to it and re-issues the decision in force above it.
+    /// Registers (or replaces) a subscriber. Its `last_epoch` is only compared with the counter:
+    /// epochs are the agent's to give (see the module docs).
     pub fn subscribe(&mut self, name: &str, role: pb::Role, last_epoch: u64) -> Result<Subscription, AgentError> {
         if name.is_empty() {
             return Err(AgentError::InvalidArgument("subscriber name is empty; give a unique name such as \"ue-1\" or \"edge\"".into()));
         }
-        let given_here = self.subscribers.get(name).map_or(0, |s| s.seen_epoch.max(s.acked.map_or(0, |a| a.0)));
-        let from_before = last_epoch > self.epoch || (last_epoch == self.epoch && last_epoch > given_here);
-        if from_before && last_epoch > 0 {
-            tracing::info!(subscriber = name, last_epoch, epoch = self.epoch, "subscriber is ahead of this agent's epochs; raising them");
-            self.epoch = last_epoch;
-            if let Some(cur) = self.current.clone() {
-                let reason = format!("re-issued above epoch {last_epoch} after agent restart");
-                self.issue(decision_k(&cur), reason, cur.policy, cur.overridden, None);
-            }
+        if name.len() > MAX_NAME_BYTES {
+            return Err(AgentError::InvalidArgument(format!("subscriber name is {} bytes; at most {MAX_NAME_BYTES}", name.len())));
+        }
+        if last_epoch > self.epoch.max(self.epoch_base) {
+            tracing::warn!(
+                subscriber = name, last_epoch, epoch = self.epoch, base = self.epoch_base,
+                "subscriber reports an epoch above any this agent numbers from (a clock set back, or a forged value); ignored"
+            );
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -214,7 +220,6 @@ impl AgentState {
                 role,
                 connected: true,
                 generation,
-                seen_epoch: self.current.as_ref().map_or(0, decision_epoch),
                 acked: None,
                 replaced: replaced.clone(),
             },
@@ -245,7 +250,9 @@ impl AgentState {
         if epoch == 0 {
             return Err(AgentError::InvalidArgument(format!("subscriber {name} acknowledged epoch 0, which is no decision")));
         }
-        if epoch > self.epoch {
+        // Epochs up to the base are a previous run's (the follower applied them before this agent
+        // started); they are recorded with any k.
+        if epoch > self.epoch.max(self.epoch_base) {
             return Err(AgentError::InvalidArgument(format!(
                 "subscriber {name} acknowledged epoch {epoch} but the latest decision is epoch {}",
                 self.epoch
@@ -317,6 +324,17 @@ pub fn decision_k(d: &pb::Decision) -> u32 {
     d.split.map_or(0, |s| s.k)
 }
 
+/// Longest subscriber name accepted (names are map keys, labels and log fields).
+pub const MAX_NAME_BYTES: usize = 128;
+
+/// The epoch base of an agent started at `now`: milliseconds since 1970 times 10⁶, so decision
+/// n of that run is `base + n` and a run started a millisecond later numbers above the first
+/// 10⁶ decisions of this one. Fits in u64 until the year 2554.
+pub fn epoch_base(now: SystemTime) -> u64 {
+    let ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    ms.min(u64::MAX / 10 / 1_000_000) * 1_000_000
+}
+
 pub fn decision_epoch(d: &pb::Decision) -> u64 {
     d.split.map_or(0, |s| s.epoch)
 }
@@ -369,7 +387,13 @@ mod tests {
         fn new(dwell_ms: u64, confirm: u32) -> Self {
             let want = Arc::new(StdMutex::new(10));
             let rules = Rules { min_dwell: Duration::from_millis(dwell_ms), confirm };
-            Self { state: AgentState::new(Box::new(Scripted(want.clone())), 30, rules, 8), want, t0: Instant::now() }
+            let state = AgentState::new(Box::new(Scripted(want.clone())), 30, rules, 8).with_epoch_base(0);
+            Self { state, want, t0: Instant::now() }
+        }
+
+        fn based(mut self, base: u64) -> Self {
+            self.state = self.state.with_epoch_base(base);
+            self
         }
 
         /// The policy proposes `k` at time `t_ms`; returns (k, epoch) of the decision made, if any.
@@ -452,28 +476,37 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_agent_numbers_above_the_subscribers_last_epoch() {
-        let mut b = Bed::new(0, 1);
-        // No decision yet: the counter rises, the next decision is above it.
-        let s = b.state.subscribe("ue", pb::Role::Ue, 7).unwrap();
-        assert!(s.current.is_none());
-        assert_eq!(b.at(0, 10), Some((10, 8)));
+    fn a_subscriber_cannot_move_the_epoch() {
+        // The wrap an adversarial run found: one Subscribe with last_epoch 2^64 - 2 used to raise
+        // the counter there, the next decisions wrapped to 0 and every follower dropped them.
+        let mut b = Bed::new(0, 1).based(1000);
+        assert_eq!(b.at(0, 10), Some((10, 1001)));
+        let mut ue = b.state.subscribe("ue", pb::Role::Ue, 0).unwrap();
+        let s = b.state.subscribe("mallory", pb::Role::Ue, u64::MAX - 1).unwrap();
+        assert_eq!(s.current.as_ref().map(decision_epoch), Some(1001), "nothing re-issued");
+        assert!(!ue.decisions.has_changed().unwrap());
+        assert_eq!(b.state.epoch(), 1001);
+        assert_eq!(b.at(10, 12), Some((12, 1002)));
+        assert_eq!(b.at(20, 14), Some((14, 1003)));
+        assert_eq!(ue.decisions.borrow_and_update().as_ref().map(decision_epoch), Some(1003));
+        assert!(matches!(b.state.ack("mallory", u64::MAX - 1, 14), Err(AgentError::InvalidArgument(_))));
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(matches!(b.state.subscribe(&long, pb::Role::Ue, 0), Err(AgentError::InvalidArgument(_))));
+    }
 
-        // A decision in force: re-issued above the reported epoch, same k, to everyone.
-        let mut b = Bed::new(0, 1);
-        b.at(0, 10);
-        let mut edge = b.state.subscribe("edge", pb::Role::Edge, 0).unwrap();
-        assert_eq!(edge.current.as_ref().map(decision_epoch), Some(1));
-        let ue = b.state.subscribe("ue", pb::Role::Ue, 41).unwrap();
-        let cur = ue.current.unwrap();
-        assert_eq!((decision_k(&cur), decision_epoch(&cur)), (10, 42));
-        assert_eq!(cur.reason, "re-issued above epoch 41 after agent restart");
-        assert!(edge.decisions.has_changed().unwrap());
-        assert_eq!(edge.decisions.borrow_and_update().as_ref().map(decision_epoch), Some(42));
-        // The edge, also from before the restart, is now behind: nothing more.
-        b.state.subscribe("edge", pb::Role::Edge, 40).unwrap();
-        assert_eq!(b.state.epoch(), 42);
-        assert_eq!(b.at(10, 11), Some((11, 43)));
+    #[test]
+    fn a_restarted_agent_numbers_above_its_previous_run() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_750_000_123);
+        assert_eq!(epoch_base(t), 1_764_750_000_123_000_000);
+        assert!(epoch_base(t + Duration::from_millis(1)) >= epoch_base(t) + 1_000_000);
+        assert!(epoch_base(UNIX_EPOCH + Duration::from_secs(1 << 40)).checked_add(u64::MAX / 10).is_some(), "no overflow, ever");
+        // The real clock: a later start numbers above an earlier run's decisions.
+        let mut first = Bed::new(0, 1).based(epoch_base(SystemTime::now()));
+        let (_, e1) = first.at(0, 10).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let mut second = Bed::new(0, 1).based(epoch_base(SystemTime::now()));
+        let (_, e2) = second.at(0, 10).unwrap();
+        assert!(e2 > e1 + 1_000_000, "{e2} after {e1}");
     }
 
     #[test]
@@ -490,9 +523,9 @@ mod tests {
         b.at(20, 14);
         b.state.subscribe("ue", pb::Role::Ue, 3).unwrap();
         assert_eq!(b.state.epoch(), 3);
-        // The same epoch number from before a restart (never handed out here) is re-issued.
+        // Another subscriber reporting the same epoch causes nothing either.
         b.state.subscribe("edge", pb::Role::Edge, 3).unwrap();
-        assert_eq!(b.state.epoch(), 4);
+        assert_eq!(b.state.epoch(), 3);
     }
 
     #[test]
@@ -522,12 +555,13 @@ mod tests {
     }
 
     #[test]
-    fn an_epoch_known_only_from_before_a_restart_is_accepted_with_any_k() {
-        let mut b = Bed::new(0, 1);
+    fn an_epoch_from_a_previous_run_is_accepted_with_any_k() {
+        let mut b = Bed::new(0, 1).based(1000);
         b.state.subscribe("ue", pb::Role::Ue, 7).unwrap();
         b.state.ack("ue", 7, 3).unwrap();
         b.at(0, 10);
-        b.state.ack("ue", 8, 10).unwrap();
+        b.state.ack("ue", 1001, 10).unwrap();
+        assert!(matches!(b.state.ack("ue", 1002, 10), Err(AgentError::InvalidArgument(_))), "not issued yet");
     }
 
     #[test]

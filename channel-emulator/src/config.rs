@@ -11,8 +11,9 @@ use crate::channel_args::ChannelArgs;
     about = "splitinfer channel emulator: a gRPC proxy that serves the edge's API, forwards every session to the real edge and applies the channel to the activations in flight"
 )]
 pub struct EmulatorConfig {
-    /// Address to listen on (UEs connect here instead of to the edge).
-    #[arg(long, env = "EMU_LISTEN", default_value = "0.0.0.0:50052")]
+    /// Address to listen on (UEs connect here instead of to the edge). Loopback by default; give
+    /// an interface's address (or 0.0.0.0) to serve other hosts.
+    #[arg(long, env = "EMU_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
     /// The real edge server.
     #[arg(long, env = "EMU_EDGE", default_value = "http://127.0.0.1:50051")]
@@ -49,6 +50,14 @@ pub struct EmulatorConfig {
     pub channel: bool,
     #[command(flatten)]
     pub channel_args: ChannelArgs,
+    /// Bearer token that authorizes SetChannel (metadata `authorization: Bearer <token>`).
+    /// Without it, SetChannel is refused with PERMISSION_DENIED.
+    #[arg(long, env = "EMU_CONTROL_TOKEN", hide_env_values = true)]
+    pub control_token: Option<splitinfer_telemetry::auth::ControlToken>,
+    /// The directory SetChannel's `trace_path` names traces in (a relative path inside it, read
+    /// with a size cap). Without it, SetChannel refuses traces; --trace takes any path.
+    #[arg(long, env = "EMU_TRACE_DIR")]
+    pub trace_dir: Option<std::path::PathBuf>,
     #[arg(long, env = "EMU_LOG_JSON")]
     pub log_json: bool,
 }

@@ -201,9 +201,6 @@ impl Shared {
 
     /// Applies a control request; nothing changes if any part of it is invalid.
     pub fn set(&self, req: &pb::SetChannelRequest) -> Result<()> {
-        if !req.preset.is_empty() {
-            self.stop_replay();
-        }
         let mut s = self.lock();
         let mut next = s.current.clone().unwrap_or_else(|| s.base.clone());
         let mut scenario = s.scenario.clone();
@@ -228,6 +225,10 @@ impl Shared {
         next.validate()?;
         if custom {
             scenario = format!("{scenario}+custom");
+        }
+        // Valid: from here on, the request takes effect. A preset ends a running replay.
+        if !req.preset.is_empty() {
+            self.stop_replay();
         }
         if let Some(p) = req.paused {
             s.paused = p;

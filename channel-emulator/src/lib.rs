@@ -82,7 +82,17 @@ pub async fn run_with_metrics(
         tracing::info!(addr = %l.local_addr()?, "metrics listening");
         tokio::spawn(api::serve_metrics(l, shared.clone(), token.clone()));
     }
-    let emulator_api = EmulatorServer::new(api::EmulatorApi { shared: shared.clone(), shutdown: token.clone(), seed: config.channel_args.channel_seed });
+    let control_token = config.control_token.clone().filter(|t| !t.is_empty());
+    if control_token.is_none() {
+        tracing::info!("no control token: SetChannel is refused (--control-token / EMU_CONTROL_TOKEN enables it)");
+    }
+    let emulator_api = EmulatorServer::new(api::EmulatorApi {
+        shared: shared.clone(),
+        shutdown: token.clone(),
+        seed: config.channel_args.channel_seed,
+        control_token,
+        trace_dir: config.trace_dir.clone(),
+    });
     health.set_serving::<EmulatorServer<api::EmulatorApi>>().await;
     let proxy = EdgeServer::new(Proxy {
         upstream,
@@ -94,6 +104,7 @@ pub async fn run_with_metrics(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     tracing::info!(addr = %listener.local_addr()?, edge = %config.edge, "channel emulator listening");
+    splitinfer_telemetry::warn_if_exposed("the channel emulator", listener.local_addr()?);
     let stop = token.clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)

@@ -58,7 +58,11 @@ async fn status_and_override_from_the_command_line() {
 
     let o = splitinfer(&["agent", "override", "--agent", &url, "--k", "5", "--token", TOKEN, "--reason", "from the cli"]).await;
     assert!(o.status.success(), "{o:?}");
-    assert!(stdout(&o).starts_with("in force: k=5 epoch=1 (override, "), "{}", stdout(&o));
+    // The first decision of this agent run: its epoch base (start time in ms × 10⁶) plus one.
+    let out = stdout(&o);
+    let epoch: u64 = out.strip_prefix("in force: k=5 epoch=").and_then(|r| r.split(' ').next()).and_then(|e| e.parse().ok()).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(epoch % 1_000_000, 1, "{out}");
+    assert!(out.contains(" (override, "), "{out}");
     assert!(stdout(&o).trim_end().ends_with("): override: from the cli"), "{}", stdout(&o));
 
     let o = splitinfer(&["agent", "status", "--agent", &url, "--json"]).await;

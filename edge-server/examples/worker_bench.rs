@@ -53,6 +53,7 @@ async fn session(
             prompt_tokens: prompt.len(),
             client: "worker_bench".into(),
             resume: None,
+            resume_secret: String::new(),
             link: Default::default(),
             calibration_sha256: String::new(),
         })

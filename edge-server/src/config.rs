@@ -7,8 +7,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "edge-server", version, about = "splitinfer edge server: runs layers k..L, the head and sampling for many UE sessions over gRPC")]
 pub struct EdgeConfig {
-    /// Address to listen on.
-    #[arg(long, env = "EDGE_LISTEN", default_value = "0.0.0.0:50051")]
+    /// Address to listen on. Loopback by default; give an interface's address (or 0.0.0.0) to
+    /// serve other hosts.
+    #[arg(long, env = "EDGE_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// GGUF model file. Without it the known model --model-name is used, fetched if missing.
     #[arg(long, env = "EDGE_MODEL")]
@@ -18,6 +19,11 @@ pub struct EdgeConfig {
     /// A session whose stream broke (link lost) is kept this long for the UE to resume, then dropped.
     #[arg(long, env = "EDGE_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
     pub idle_timeout_ms: u64,
+    /// A stream that sends nothing for this long is ended with DEADLINE_EXCEEDED: before its
+    /// first activation the session is closed (so opened-and-silent sessions cannot hold
+    /// --max-sessions), later it is kept for a resume until the idle timeout.
+    #[arg(long, env = "EDGE_STEP_TIMEOUT_MS", default_value_t = 60_000)]
+    pub step_timeout_ms: u64,
     /// Largest gRPC message accepted or sent (a prefill of N tokens in f32 is N × hidden × 4 bytes).
     #[arg(long, env = "EDGE_MAX_MESSAGE_BYTES", default_value_t = 64 << 20)]
     pub max_message_bytes: usize,
@@ -56,6 +62,7 @@ impl EdgeConfig {
             model: None,
             model_name: "smollm2-135m".into(),
             idle_timeout_ms: 60_000,
+            step_timeout_ms: 60_000,
             max_message_bytes: 64 << 20,
             max_sessions: 256,
             grace_period_ms: 5_000,
@@ -69,6 +76,10 @@ impl EdgeConfig {
 
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn step_timeout(&self) -> Duration {
+        Duration::from_millis(self.step_timeout_ms.max(1))
     }
 
     pub fn grace_period(&self) -> Duration {

@@ -94,11 +94,13 @@ pub async fn run_with_metrics(
         model,
         shutdown: token.clone(),
         max_message_bytes: config.max_message_bytes,
+        step_timeout: config.step_timeout(),
     })
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
 
     tracing::info!(%addr, "edge server listening");
+    splitinfer_telemetry::warn_if_exposed("the edge server", addr);
     let stop = token.clone();
     let server = tonic::transport::Server::builder()
         // Finds UEs that vanished without a reset (a radio link that just stops), so their

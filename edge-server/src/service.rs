@@ -27,6 +27,7 @@ pub struct EdgeService {
     pub(crate) model: Arc<LoadedModel>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) max_message_bytes: usize,
+    pub(crate) step_timeout: std::time::Duration,
 }
 
 type Reply = Result<pb::EdgeMessage, Status>;
@@ -45,6 +46,7 @@ impl Edge for EdgeService {
             model: self.model.clone(),
             shutdown: self.shutdown.clone(),
             max_message_bytes: self.max_message_bytes,
+            step_timeout: self.step_timeout,
             tx,
         };
         let span = tracing::info_span!("session", %peer, id = tracing::field::Empty, split = tracing::field::Empty);
@@ -73,6 +75,7 @@ struct SessionTask {
     model: Arc<LoadedModel>,
     shutdown: CancellationToken,
     max_message_bytes: usize,
+    step_timeout: std::time::Duration,
     tx: mpsc::Sender<Reply>,
 }
 
@@ -119,7 +122,10 @@ impl SessionTask {
     /// Runs the session; an error carries the session (if one was opened) and the status to end
     /// the stream with.
     async fn serve(&self, inbound: &mut Streaming<pb::UeMessage>) -> Result<(SessionId, End), (Option<SessionId>, Status)> {
-        let open = match self.next(inbound, None).await? {
+        let first = tokio::time::timeout(self.step_timeout, self.next(inbound, None)).await.map_err(|_| {
+            (None, Status::deadline_exceeded(format!("no open message within {} ms (EDGE_STEP_TIMEOUT_MS)", self.step_timeout.as_millis())))
+        })?;
+        let open = match first? {
             Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Open(open)) }) => open,
             Some(_) => return Err((None, Status::invalid_argument("the first message of a stream must be open"))),
             None => return Err((None, Status::invalid_argument("the stream ended before an open message"))),
@@ -128,7 +134,7 @@ impl SessionTask {
         let k = params.split.k();
         let (prompt_tokens, open_epoch) = (params.prompt_tokens, params.epoch);
         let opened = self.worker.open(params).await.map_err(|e| (None, Status::from(e)))?;
-        let id = opened.id;
+        let id = opened.id.clone();
         tracing::Span::current().record("id", tracing::field::display(&id)).record("split", k);
         tracing::info!(position = opened.position, "session open");
         self.metrics.session_split(&id.to_string(), k, open_epoch);
@@ -140,15 +146,36 @@ impl SessionTask {
                 n_layers: c.n_layers as u32,
                 hidden_size: c.hidden_size as u32,
                 position: opened.position as u64,
+                resume_secret: opened.secret.clone(),
+                last_token: opened.last_token.map(|t| pb::Token {
+                    position: t.position as u64,
+                    id: t.id,
+                    logprob: t.logprob,
+                    eos: t.eos,
+                    ..Default::default()
+                }),
             }),
         )
         .await?;
+        // Whether the session has had an activation (or a migration) since it was opened: a
+        // silent stream before that closes the session, after it keeps it for a resume.
+        let mut started = opened.position > 0;
 
         // Emulated uplink air time of the activations since the last token, echoed back with it.
         let mut uplink_delay_us = 0u64;
         let mut last_split = (k, open_epoch);
         loop {
-            let msg = match self.next(inbound, Some(&id)).await {
+            let Ok(next) = tokio::time::timeout(self.step_timeout, self.next(inbound, Some(&id))).await else {
+                let ms = self.step_timeout.as_millis();
+                if !started {
+                    return Err((Some(id), Status::deadline_exceeded(format!("no activation within {ms} ms of open (EDGE_STEP_TIMEOUT_MS); session closed"))));
+                }
+                tracing::info!(timeout_ms = ms as u64, "stream silent; session kept for resume");
+                let _ = self.tx.send(Err(Status::deadline_exceeded(format!("no message for {ms} ms (EDGE_STEP_TIMEOUT_MS); session kept for a resume")))).await;
+                return Ok((id, End::Detach));
+            };
+            started = true;
+            let msg = match next {
                 Ok(m) => {
                     if let Some(m) = &m {
                         self.metrics.message(true, m.encoded_len());
@@ -291,6 +318,11 @@ impl SessionTask {
         let split = self.model.model.split_point(open_split.k as usize)?;
         let sampling = open.sampling.map(SamplingConfig::try_from).transpose()?.unwrap_or(SamplingConfig::GREEDY);
         let resume = if open.resume_session_id.is_empty() { None } else { Some(SessionId::parse(&open.resume_session_id)?) };
+        for (field, value, max) in [("client", &open.client, 256), ("calibration_sha256", &open.calibration_sha256, 64), ("resume_secret", &open.resume_secret, 64)] {
+            if value.len() > max {
+                return Err(EdgeError::InvalidArgument(format!("open: {field} is {} bytes; at most {max}", value.len())));
+            }
+        }
         Ok(OpenParams {
             split,
             epoch: open_split.epoch,
@@ -300,6 +332,7 @@ impl SessionTask {
             prompt_tokens: open.prompt_tokens as usize,
             client: open.client,
             resume,
+            resume_secret: open.resume_secret,
             link: LinkSetup::from_open(split_core::wire::WireDType::F32, open.normalization, open.concealment)?,
             calibration_sha256: open.calibration_sha256,
         })
@@ -318,6 +351,14 @@ impl SessionTask {
             erased: a.erased.to_vec(),
             enqueued: Instant::now(),
         })
+    }
+}
+
+/// Refuses a tensor with a NaN or infinite element.
+fn finite(t: &WireTensor, what: &str) -> Result<(), EdgeError> {
+    match t.to_f32_vec().iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((i, v)) => Err(EdgeError::InvalidArgument(format!("migrate: {what} hold a non-finite value {v} at element {i}"))),
+        None => Ok(()),
     }
 }
 
@@ -343,6 +384,14 @@ fn migrate_input(id: &SessionId, m: pb::Migrate) -> Result<MigrateInput, EdgeErr
         Some(t) => Some((WireTensor::try_from(t)?, m.replay_chunks.iter().map(|&c| c as usize).collect())),
         None => None,
     };
+    // Non-finite values would poison the caches (and every later token) without an error.
+    for e in &kv {
+        finite(&e.k, &format!("keys of layer {}", e.layer))?;
+        finite(&e.v, &format!("values of layer {}", e.layer))?;
+    }
+    if let Some((t, _)) = &replay {
+        finite(t, "replay states")?;
+    }
     Ok(MigrateInput {
         session: id.clone(),
         from: (from.k as usize, from.epoch),

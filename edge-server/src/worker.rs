@@ -60,7 +60,9 @@ pub struct OpenParams {
     pub ignore_eos: bool,
     pub prompt_tokens: usize,
     pub client: String,
+    /// A session to resume, and the secret its Opened carried.
     pub resume: Option<SessionId>,
+    pub resume_secret: String,
     /// Normalization and concealment (the dtype comes with each activation).
     pub link: LinkSetup,
     /// The calibration file the UE normalizes with; must be the edge's when `link` needs one.
@@ -71,6 +73,19 @@ pub struct OpenParams {
 pub struct Opened {
     pub id: SessionId,
     pub position: usize,
+    /// What a resume of this session must present.
+    pub secret: String,
+    /// On a resume: the token of the last completed step (at `position`), if any.
+    pub last_token: Option<LastToken>,
+}
+
+/// The token of a session's last completed step, kept for a resume whose stream lost it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LastToken {
+    pub position: usize,
+    pub id: u32,
+    pub logprob: f32,
+    pub eos: bool,
 }
 
 #[derive(Debug)]
@@ -262,6 +277,10 @@ struct Session {
     attached: bool,
     last_active: Instant,
     client: String,
+    /// Compared in constant time with a resume's.
+    secret: String,
+    sampling: SamplingConfig,
+    last_token: Option<LastToken>,
 }
 
 struct State {
@@ -272,8 +291,17 @@ struct State {
     sessions: HashMap<SessionId, Session>,
     /// Recently expired ids, so a late resume hears "expired" rather than "unknown".
     expired: VecDeque<SessionId>,
-    next_id: u64,
-    salt: u64,
+}
+
+/// 128 bits from the thread's CSPRNG (ChaCha, seeded from the OS), as hex.
+fn random_hex() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 const EXPIRED_MEMORY: usize = 4096;
@@ -296,6 +324,7 @@ fn sample(sess: &mut Session, model: &LoadedModel, logits: &[f32]) -> Result<(u3
     sess.generated += 1;
     let eos = model.tokenizer.is_eos(sampled.id);
     sess.finished = (eos && !sess.ignore_eos) || sess.generated >= sess.max_new_tokens;
+    sess.last_token = Some(LastToken { position: sess.cache.position(), id: sampled.id, logprob: sampled.logprob, eos });
     Ok((sampled.id, sampled.logprob, eos))
 }
 
@@ -307,8 +336,6 @@ impl State {
             max_sessions,
             sessions: HashMap::new(),
             expired: VecDeque::new(),
-            next_id: 0,
-            salt: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
         }
     }
 
@@ -359,7 +386,19 @@ impl State {
     fn open(&mut self, p: OpenParams) -> Result<Opened, EdgeError> {
         if let Some(id) = p.resume {
             let missing = self.missing(&id);
-            let s = self.sessions.get_mut(&id).ok_or(missing)?;
+            // A wrong secret reads as an unknown id: it tells a guesser nothing.
+            let s = self.sessions.get_mut(&id).filter(|s| same_secret(&s.secret, &p.resume_secret)).ok_or(missing)?;
+            let differs = [
+                ("prompt_tokens", s.prompt_tokens != p.prompt_tokens),
+                ("max_new_tokens", s.max_new_tokens != p.max_new_tokens),
+                ("sampling", s.sampling != p.sampling),
+                ("ignore_eos", s.ignore_eos != p.ignore_eos),
+                ("normalization", s.link.normalization != p.link.normalization),
+                ("concealment", s.link.concealment != p.link.concealment),
+            ];
+            if let Some((field, _)) = differs.iter().find(|(_, d)| *d) {
+                return Err(EdgeError::InvalidArgument(format!("resume of session {id} with another {field} than it was opened with")));
+            }
             if s.attached {
                 return Err(EdgeError::FailedPrecondition(format!("session {id} is still attached to another stream")));
             }
@@ -372,7 +411,7 @@ impl State {
             }
             s.attached = true;
             s.last_active = Instant::now();
-            return Ok(Opened { id, position: s.cache.position() });
+            return Ok(Opened { id, position: s.cache.position(), secret: s.secret.clone(), last_token: s.last_token });
         }
         if p.link.needs_calibration() {
             let Some(c) = &self.calibration else {
@@ -407,8 +446,9 @@ impl State {
                 p.prompt_tokens, p.max_new_tokens
             )));
         }
-        self.next_id += 1;
-        let id = SessionId(format!("s{:016x}", self.next_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.salt));
+        // Random, not counted: a client must not predict another's id from its own.
+        let id = SessionId(format!("s{}", random_hex()));
+        let secret = random_hex();
         let n_layers = self.model.model.n_layers();
         self.sessions.insert(
             id.clone(),
@@ -427,9 +467,12 @@ impl State {
                 attached: true,
                 last_active: Instant::now(),
                 client: p.client,
+                secret: secret.clone(),
+                sampling: p.sampling,
+                last_token: None,
             },
         );
-        Ok(Opened { id, position: 0 })
+        Ok(Opened { id, position: 0, secret, last_token: None })
     }
 
     /// Runs one step on its own: checks, layers, and the head and sampling once the prompt is in.

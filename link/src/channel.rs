@@ -110,6 +110,10 @@ pub struct LossConfig {
     pub budget_ms: Option<f64>,
 }
 
+/// Mean SNRs a channel may have. Wider than any radio (and than the profiles), narrow enough that
+/// 10^(snr/10) and the noise it scales stay finite: −1e308 dB would make every message NaN.
+pub const SNR_DB_RANGE: std::ops::RangeInclusive<f64> = -100.0..=200.0;
+
 /// A channel, as the emulator and `ppl` take it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChannelConfig {
@@ -151,8 +155,8 @@ impl ChannelConfig {
     /// Checks every value; the message names the bad one.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidArgument(m));
-        if !self.snr_db.is_finite() {
-            return bad(format!("snr {} dB is not a finite number", self.snr_db));
+        if !SNR_DB_RANGE.contains(&self.snr_db) {
+            return bad(format!("snr {} dB is outside {}..={} dB", self.snr_db, SNR_DB_RANGE.start(), SNR_DB_RANGE.end()));
         }
         if let Some(m) = self.fading_m
             && !(m >= 0.5 && m.is_finite())

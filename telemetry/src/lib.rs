@@ -2,6 +2,7 @@
 //! setup, the shutdown signal, and the Prometheus text endpoint ([`metrics`]). Lean on purpose: the
 //! agent links it without pulling in candle.
 
+pub mod auth;
 pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
@@ -50,6 +51,17 @@ pub fn incoming(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<
         }
         conn
     })
+}
+
+/// Says loudly that `service` serves plaintext gRPC on `addr` when other hosts can reach it:
+/// whoever is on that network can read (and write) what crosses it, hidden states included.
+pub fn warn_if_exposed(service: &str, addr: std::net::SocketAddr) {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "{service} serves PLAINTEXT gRPC on a non-loopback address: anyone on this network can read and alter its traffic; keep it on a private network"
+        );
+    }
 }
 
 /// Runs `server` until it ends by itself, or until `grace` has passed since `stopping` was

@@ -44,6 +44,16 @@ pub fn shared_model() -> Arc<LoadedModel> {
     M.get_or_init(|| Arc::new(LoadedModel::load(&default_model()).unwrap())).clone()
 }
 
+/// The control token of every emulator the harness starts (SetChannel needs one).
+pub const CONTROL_TOKEN: &str = "splitinfer-test-token";
+
+/// `msg` as a request that carries [`CONTROL_TOKEN`], for SetChannel.
+pub fn authorized<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert("authorization", format!("Bearer {CONTROL_TOKEN}").parse().expect("ASCII"));
+    r
+}
+
 /// An edge and a channel emulator in front of it, each the real `run(..)` on its own
 /// 127.0.0.1:0 listener with real gRPC between them; stopped when dropped.
 pub struct Testbed {
@@ -82,6 +92,7 @@ impl Testbed {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let emulator_url = format!("http://{}", listener.local_addr().unwrap());
         let mut config = channel_emulator::EmulatorConfig::new(edge_url.clone());
+        config.control_token = Some(splitinfer_telemetry::auth::ControlToken::new(CONTROL_TOKEN));
         emulator(&mut config);
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let emulator_metrics = metrics.local_addr().unwrap().to_string();

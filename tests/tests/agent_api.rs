@@ -50,6 +50,7 @@ async fn start_emulator(preset: Preset) -> (String, Service) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut config = channel_emulator::EmulatorConfig::new("http://127.0.0.1:1");
+    config.control_token = Some(splitinfer_telemetry::auth::ControlToken::new(splitinfer_tests::CONTROL_TOKEN));
     config.channel = true;
     config.channel_args.preset = preset;
     let (stop, rx) = oneshot::channel();
@@ -82,7 +83,7 @@ async fn start_agent(listener: TcpListener, config: AgentConfig) -> Service {
 
 async fn set_channel(emulator: &str, preset: &str) {
     let mut c = EmulatorClient::connect(emulator.to_string()).await.unwrap();
-    c.set_channel(pb::SetChannelRequest { preset: preset.into(), ..Default::default() }).await.unwrap();
+    c.set_channel(splitinfer_tests::authorized(pb::SetChannelRequest { preset: preset.into(), ..Default::default() })).await.unwrap();
 }
 
 async fn client(url: &str) -> AgentClient<tonic::transport::Channel> {
@@ -403,6 +404,7 @@ async fn the_decision_stays_while_statistics_are_down_and_resumes_after() {
     // The emulator comes back (on the same address) with a bad channel: observations resume.
     let listener = rebind(emu_addr).await;
     let mut config = channel_emulator::EmulatorConfig::new("http://127.0.0.1:1");
+    config.control_token = Some(splitinfer_telemetry::auth::ControlToken::new(splitinfer_tests::CONTROL_TOKEN));
     config.channel = true;
     config.channel_args.preset = Preset::Bad;
     let (stop, rx) = oneshot::channel();

@@ -22,7 +22,7 @@ fn thresholds() -> PathBuf {
 
 async fn set_preset(emulator: &str, preset: &str) {
     let mut c = EmulatorClient::connect(emulator.to_string()).await.unwrap();
-    c.set_channel(pb::SetChannelRequest { preset: preset.into(), ..Default::default() }).await.unwrap();
+    c.set_channel(splitinfer_tests::authorized(pb::SetChannelRequest { preset: preset.into(), ..Default::default() })).await.unwrap();
 }
 
 async fn status(agent: &str) -> pb::AgentStatus {

@@ -28,12 +28,21 @@ fn open(k: u32, prompt_tokens: u32) -> pb::UeMessage {
     }
 }
 
-fn resume(id: &str) -> pb::UeMessage {
+fn resume(id: &str, secret: &str) -> pb::UeMessage {
     let mut m = open(10, 4);
     if let Some(pb::ue_message::Kind::Open(o)) = m.kind.as_mut() {
         o.resume_session_id = id.into();
+        o.resume_secret = secret.into();
     }
     m
+}
+
+/// The session id and resume secret of an `Opened`.
+fn opened(m: Option<pb::EdgeMessage>) -> (String, String) {
+    match m.and_then(|m| m.kind) {
+        Some(pb::edge_message::Kind::Opened(o)) => (o.session_id, o.resume_secret),
+        other => panic!("expected opened, got {other:?}"),
+    }
 }
 
 fn tensor(shape: &[u64], data: Vec<u8>) -> pb::Tensor {
@@ -147,7 +156,7 @@ async fn bad_sessions_and_steps_are_refused_and_others_keep_going() {
         assert_refused(&u, vec![open(10, 6), activation(0, 10, rows(3, HIDDEN))], true,
             Code::InvalidArgument, "stream ended mid-prefill: 3 of 6 prompt rows received").await;
     }
-    assert_refused(&url, vec![resume("s00000000deadbeef")], false, Code::NotFound, "unknown session s00000000deadbeef").await;
+    assert_refused(&url, vec![resume("s00000000deadbeef", "")], false, Code::NotFound, "unknown session s00000000deadbeef").await;
     bed.shutdown().await;
 }
 
@@ -169,21 +178,18 @@ async fn oversized_messages_and_expired_sessions_are_refused() {
     let (tx, rx) = mpsc::channel(4);
     tx.send(open(10, 4)).await.unwrap();
     let mut inbound = client(&link_url).await.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let id = match inbound.message().await.unwrap().unwrap().kind {
-        Some(pb::edge_message::Kind::Opened(o)) => o.session_id,
-        other => panic!("expected opened, got {other:?}"),
-    };
+    let (id, secret) = opened(inbound.message().await.unwrap());
     tx.send(activation(0, 10, rows(2, HIDDEN))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     cut.abort();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // Under load the edge may notice the reset late; until then the session counts as attached.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while session_status(&bed.edge_url, vec![resume(&id)], false).await.code() == Code::FailedPrecondition {
+    while session_status(&bed.edge_url, vec![resume(&id, &secret)], false).await.code() == Code::FailedPrecondition {
         assert!(std::time::Instant::now() < deadline, "the edge never noticed the cut link");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_refused(&bed.edge_url, vec![resume(&id)], false, Code::NotFound, &format!("session {id} expired")).await;
+    assert_refused(&bed.edge_url, vec![resume(&id, &secret)], false, Code::NotFound, &format!("session {id} expired")).await;
     drop(tx);
     bed.shutdown().await;
 }
@@ -249,6 +255,59 @@ async fn bad_split_changes_are_refused_and_others_keep_going() {
     }
     stale.push(old);
     assert_refused(&url, stale, false, Code::InvalidArgument, "activation names split epoch 2 but session").await;
+    // Non-finite values in moved caches or replay states (accepted before, poisoning the caches).
+    let mut nan_kv = migrate(10, 9, 1, 2, Transfer);
+    let mut bad = kv(9, 2);
+    let mut data = bad.v.as_ref().unwrap().data.to_vec();
+    data[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    bad.v.as_mut().unwrap().data = Bytes::from(data);
+    nan_kv.kv = vec![bad];
+    assert_refused(&url, after_prefill(nan_kv), false, Code::InvalidArgument, "migrate: values of layer 9 hold a non-finite value NaN at element 1").await;
+    let mut inf_replay = migrate(10, 8, 1, 2, Recompute);
+    let mut data = vec![0u8; 2 * HIDDEN * 4];
+    data[8..12].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    inf_replay.replay = Some(tensor(&[1, 2, HIDDEN as u64], data));
+    inf_replay.replay_chunks = vec![2];
+    assert_refused(&url, after_prefill(inf_replay), false, Code::InvalidArgument, "migrate: replay states hold a non-finite value inf at element 2").await;
+    bed.shutdown().await;
+}
+
+/// A session opened and never used expires, so silent clients cannot hold --max-sessions.
+/// Before, an attached session that never sent an activation lived as long as its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_started_sessions_expire() {
+    let mut config = edge_server::EdgeConfig::for_tests();
+    config.step_timeout_ms = 1500;
+    config.max_sessions = 2;
+    let bed = Testbed::start_with(config).await;
+    let info = || async { client(&bed.edge_url).await.info(pb::InfoRequest {}).await.unwrap().into_inner().active_sessions };
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(open(10, 4)).await.unwrap();
+        let mut inbound = client(&bed.edge_url).await.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        opened(inbound.message().await.unwrap());
+        silent.push((tx, inbound));
+    }
+    assert_eq!(info().await, 2);
+    let st = session_status(&bed.edge_url, vec![open(10, 4)], false).await;
+    assert_eq!(st.code(), Code::ResourceExhausted, "full while the silent sessions hold it: {}", st.message());
+    let started = std::time::Instant::now();
+    for (_tx, inbound) in &mut silent {
+        let st = inbound.message().await.unwrap_err();
+        assert_eq!(st.code(), Code::DeadlineExceeded, "{}", st.message());
+        assert!(st.message().contains("no activation within 1500 ms of open (EDGE_STEP_TIMEOUT_MS); session closed"), "{}", st.message());
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while info().await != 0 {
+        assert!(std::time::Instant::now() < deadline, "the silent sessions were never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Room again for a real session.
+    let req = greedy_request("The capital of France is", 12, 6);
+    let want: Vec<u32> = monolithic(&req).into_iter().map(|t| t.0).collect();
+    assert_eq!(generate_via(&bed.edge_url, req).await.unwrap().token_ids(), want);
     bed.shutdown().await;
 }
 
@@ -292,10 +351,8 @@ async fn a_broken_stream_resumes_where_it_stopped() {
         tx.send(m).await.unwrap();
     }
     let mut first = client(&link_url).await.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
-    let id = match first.message().await.unwrap().unwrap().kind {
-        Some(pb::edge_message::Kind::Opened(o)) => o.session_id,
-        other => panic!("expected opened, got {other:?}"),
-    };
+    let (id, secret) = opened(first.message().await.unwrap());
+    assert!(id.len() == 33 && secret.len() == 32, "128 random bits each: {id} {secret}");
     let got0 = next_token(&mut first).await;
     let got1 = next_token(&mut first).await;
     cut.abort();
@@ -303,11 +360,31 @@ async fn a_broken_stream_resumes_where_it_stopped() {
     // The edge notices the reset on its own schedule; until then it reports the session attached.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (_tx2, mut second) = loop {
-        let (tx2, mut inbound) = start(vec![resume(&id), step(5, 1)]).await;
+        // Before: ids were a counter times a constant XOR a salt, predictable from two probe
+        // sessions, and a resume needed nothing else. A resume without the secret, or with
+        // another session's, now reads as an unknown session; one whose parameters differ is
+        // refused.
+        for wrong in ["", "0123456789abcdef0123456789abcdef", &secret[..31]] {
+            let st = session_status(&bed.edge_url, vec![resume(&id, wrong)], false).await;
+            assert_eq!(st.code(), Code::NotFound, "secret {wrong:?}: {}", st.message());
+            assert!(st.message().contains(&format!("unknown session {id}")), "{}", st.message());
+        }
+        let mut other = resume(&id, &secret);
+        if let Some(pb::ue_message::Kind::Open(o)) = other.kind.as_mut() {
+            o.max_new_tokens = 40;
+        }
+        let st = session_status(&bed.edge_url, vec![other], false).await;
+        if st.code() != Code::FailedPrecondition {
+            assert_eq!(st.code(), Code::InvalidArgument, "{}", st.message());
+            assert!(st.message().contains("with another max_new_tokens than it was opened with"), "{}", st.message());
+        }
+        let (tx2, mut inbound) = start(vec![resume(&id, &secret), step(5, 1)]).await;
         match inbound.message().await {
             Ok(Some(pb::EdgeMessage { kind: Some(pb::edge_message::Kind::Opened(o)) })) => {
                 assert_eq!(o.session_id, id);
                 assert_eq!(o.position, 5, "the resumed session continues at position 5");
+                let last = o.last_token.expect("the token of the last completed step, for a UE that lost it");
+                assert_eq!((last.position, last.id), (5, got1), "{last:?}");
                 break (tx2, inbound);
             }
             Err(s) if s.code() == tonic::Code::FailedPrecondition && std::time::Instant::now() < deadline => {

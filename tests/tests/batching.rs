@@ -172,6 +172,7 @@ async fn worker_session(worker: Worker, prompt: &str, k: usize, new_tokens: usiz
             prompt_tokens: prompt.len(),
             client: "batching test".into(),
             resume: None,
+            resume_secret: String::new(),
             link: Default::default(),
             calibration_sha256: String::new(),
         })

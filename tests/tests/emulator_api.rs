@@ -6,7 +6,7 @@ use std::time::Duration;
 use split_core::channel::Preset;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::emulator_client::EmulatorClient;
-use splitinfer_tests::{Testbed, generate_via, greedy_request, monolithic};
+use splitinfer_tests::{Testbed, authorized, generate_via, greedy_request, monolithic};
 
 async fn api(bed: &Testbed) -> EmulatorClient<tonic::transport::Channel> {
     EmulatorClient::connect(bed.emulator_url.clone()).await.unwrap()
@@ -80,7 +80,7 @@ async fn the_channel_switches_and_pauses_at_run_time_and_bad_requests_are_refuse
         (pb::SetChannelRequest { fading_m: Some(0.3), ..Default::default() }, "Nakagami m 0.3 must be"),
         (pb::SetChannelRequest { erasure_p: Some(2.0), ..Default::default() }, "erasure probability 2 is outside [0, 1]"),
     ] {
-        let e = client.set_channel(req).await.unwrap_err();
+        let e = client.set_channel(authorized(req)).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains(needle), "{}", e.message());
     }
@@ -92,7 +92,7 @@ async fn the_channel_switches_and_pauses_at_run_time_and_bad_requests_are_refuse
     // Heavy erasure on: the text changes. Paused: the clean text again. Resumed: changed again.
     let set = |req: pb::SetChannelRequest| {
         let mut c = client.clone();
-        async move { c.set_channel(req).await.unwrap().into_inner().stats.unwrap() }
+        async move { c.set_channel(authorized(req)).await.unwrap().into_inner().stats.unwrap() }
     };
     let s = set(pb::SetChannelRequest { erasure_p: Some(0.3), ..Default::default() }).await;
     assert!(s.impaired && s.channel_version == 1);
@@ -130,10 +130,16 @@ async fn scenario_a_alternates_between_good_and_bad_and_generation_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mobility_and_trace_scenarios_replay_and_generation_completes() {
+    // Traces for SetChannel live in the emulator's --trace-dir.
+    let dir = std::env::temp_dir().join(format!("splitinfer-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("trace.csv"), "t_ms,snr_db,m\n0,30,0\n80,0,2\n").unwrap();
+    let trace_dir = dir.clone();
     // Generated mobility, vehicular.
     let bed = Testbed::start_full(edge_server::EdgeConfig::for_tests(), |c| {
         c.mobility = Some("vehicular".into());
         c.channel_args.noise = true;
+        c.trace_dir = Some(trace_dir);
     })
     .await;
     let mut client = api(&bed).await;
@@ -144,17 +150,13 @@ async fn mobility_and_trace_scenarios_replay_and_generation_completes() {
     assert!(report.tokens.len() == 16 || report.stopped_at_eos);
 
     // A CSV trace switched in at run time: 30 dB for 80 ms, then 0 dB, looping.
-    let dir = std::env::temp_dir().join(format!("splitinfer-trace-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("trace.csv");
-    std::fs::write(&path, "t_ms,snr_db,m\n0,30,0\n80,0,2\n").unwrap();
-    client.set_channel(pb::SetChannelRequest { trace_path: path.to_string_lossy().into(), ..Default::default() }).await.unwrap();
+    client.set_channel(authorized(pb::SetChannelRequest { trace_path: "trace.csv".into(), ..Default::default() })).await.unwrap();
     let mut watch = client.watch_stats(pb::WatchStatsRequest { period_ms: 10 }).await.unwrap().into_inner();
     let mut snrs = std::collections::BTreeSet::new();
     tokio::time::timeout(Duration::from_secs(5), async {
         while snrs.len() < 2 {
             let s = watch.message().await.unwrap().unwrap();
-            assert!(s.scenario.starts_with("trace "), "{}", s.scenario);
+            assert_eq!(s.scenario, "trace trace.csv");
             snrs.insert(s.snr_db as i64);
         }
     })
@@ -164,20 +166,104 @@ async fn mobility_and_trace_scenarios_replay_and_generation_completes() {
     let report = generate_via(&bed.emulator_url, greedy_request("Once upon a time", 8, 16)).await.unwrap();
     assert!(report.tokens.len() == 16 || report.stopped_at_eos);
 
-    // Unreadable or malformed traces and unknown mobility are refused; the replay goes on.
-    for (req, needle) in [
-        (pb::SetChannelRequest { trace_path: "/nonexistent/t.csv".into(), ..Default::default() }, "cannot read trace /nonexistent/t.csv"),
-        (pb::SetChannelRequest { mobility: "flying".into(), ..Default::default() }, "unknown mobility \"flying\""),
+    // Paths outside the trace directory, files that are not traces and unknown mobility are
+    // refused, without quoting any file; the replay goes on. Before, `trace_path` opened any
+    // file on the emulator's machine and echoed its first line (and /dev/zero grew memory).
+    std::fs::write(dir.join("bad.csv"), "t_ms,snr_db,m\n0,hunter2,1\n").unwrap();
+    std::fs::write(dir.join("secret-header.csv"), "password=hunter2\n").unwrap();
+    let _ = std::os::unix::fs::symlink("/etc/hostname", dir.join("escape.csv"));
+    let _ = std::os::unix::fs::symlink("/dev/zero", dir.join("zero.csv"));
+    use tonic::Code;
+    for (path, code, needle) in [
+        ("/etc/passwd", Code::InvalidArgument, "must be a relative path inside the trace directory"),
+        ("../trace.csv", Code::InvalidArgument, "must be a relative path inside the trace directory"),
+        ("missing.csv", Code::NotFound, "no trace \"missing.csv\" in the trace directory"),
+        ("escape.csv", Code::NotFound, "no trace \"escape.csv\""),
+        ("zero.csv", Code::NotFound, "no trace \"zero.csv\""),
+        ("bad.csv", Code::InvalidArgument, "trace \"bad.csv\": line 2: snr_db is not a number"),
+        ("secret-header.csv", Code::InvalidArgument, "trace \"secret-header.csv\": the header is not t_ms,snr_db,m"),
     ] {
-        let e = client.set_channel(req).await.unwrap_err();
-        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = client.set_channel(authorized(pb::SetChannelRequest { trace_path: path.into(), ..Default::default() })).await.unwrap_err();
+        assert_eq!(e.code(), code, "{path}: {}", e.message());
+        assert!(e.message().contains(needle), "{path}: {}", e.message());
+        assert!(!e.message().contains("hunter2") && !e.message().contains("root:"), "{path}: file content echoed: {}", e.message());
+    }
+    let e = client.set_channel(authorized(pb::SetChannelRequest { mobility: "flying".into(), ..Default::default() })).await.unwrap_err();
+    assert!(e.code() == Code::InvalidArgument && e.message().contains("unknown mobility \"flying\""), "{}", e.message());
+    let s = client.get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(s.scenario, "trace trace.csv", "a refused request must not stop the replay");
+    bed.shutdown().await;
+
+    // Without --trace-dir, no trace is read at all.
+    let bed = Testbed::start().await;
+    let e = api(&bed).await.set_channel(authorized(pb::SetChannelRequest { trace_path: "trace.csv".into(), ..Default::default() })).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("--trace-dir"), "{}", e.message());
+    bed.shutdown().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An invalid request during a replay changes nothing: the replay goes on, the channel stays.
+/// Before, a request with a preset stopped the replay before it was checked, and −1e308 dB
+/// (finite) was accepted and made every session fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_set_channel_during_a_replay_changes_nothing() {
+    let bed = Testbed::start_full(edge_server::EdgeConfig::for_tests(), |c| c.mobility = Some("pedestrian".into())).await;
+    let mut client = api(&bed).await;
+    let before = client.get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(before.scenario, "mobility-pedestrian");
+    for (req, needle) in [
+        (pb::SetChannelRequest { preset: "good".into(), snr_db: Some(-1e308), noise: Some(true), ..Default::default() }, "dB is outside -100..=200 dB"),
+        (pb::SetChannelRequest { preset: "stormy".into(), ..Default::default() }, "unknown scenario \"stormy\""),
+        (pb::SetChannelRequest { preset: "bad".into(), fading_m: Some(f64::NAN), ..Default::default() }, "Nakagami m NaN"),
+    ] {
+        let e = client.set_channel(authorized(req)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{}", e.message());
         assert!(e.message().contains(needle), "{}", e.message());
     }
-    std::fs::write(&path, "t_ms,snr_db,m\n0,abc,1\n").unwrap();
-    let e = client.set_channel(pb::SetChannelRequest { trace_path: path.to_string_lossy().into(), ..Default::default() }).await.unwrap_err();
-    assert!(e.message().contains("line 2: snr_db is not a number"), "{}", e.message());
+    // The replay still moves the channel (100 ms steps), under its own name.
+    let later = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let s = client.get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
+            if s.channel_version > before.channel_version + 2 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the replay stopped after a refused request");
+    assert_eq!(later.scenario, "mobility-pedestrian");
+    assert!(later.snr_db.is_finite() && later.snr_db > -100.0, "{}", later.snr_db);
+    let report = generate_via(&bed.emulator_url, greedy_request("Once upon a time", 8, 8)).await.unwrap();
+    assert!(report.tokens.len() == 8 || report.stopped_at_eos);
+    bed.shutdown().await;
+}
+
+/// SetChannel changes the channel every session sees, so it needs the control token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_channel_needs_the_control_token() {
+    use tonic::Code;
+    let bed = Testbed::start().await;
+    let mut client = api(&bed).await;
+    let req = || pb::SetChannelRequest { preset: "bad".into(), ..Default::default() };
+    let e = client.set_channel(req()).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    assert!(e.message().contains("authorization: Bearer"), "{}", e.message());
+    let mut wrong = tonic::Request::new(req());
+    wrong.metadata_mut().insert("authorization", "Bearer guess".parse().unwrap());
+    let e = client.set_channel(wrong).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (Code::PermissionDenied, "wrong control token for SetChannel"));
     let s = client.get_stats(pb::GetStatsRequest {}).await.unwrap().into_inner();
-    assert!(s.scenario.starts_with("trace "), "a refused request must not stop the replay: {}", s.scenario);
+    assert!(!s.impaired && s.channel_version == 0 && s.scenario == "static", "refused calls change nothing: {s:?}");
+    assert_eq!(client.set_channel(authorized(req())).await.unwrap().into_inner().stats.unwrap().scenario, "bad");
+    bed.shutdown().await;
+
+    // An emulator started without a token refuses SetChannel and says how to enable it.
+    let bed = Testbed::start_full(edge_server::EdgeConfig::for_tests(), |c| c.control_token = None).await;
+    let e = api(&bed).await.set_channel(authorized(req())).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(e.message().contains("EMU_CONTROL_TOKEN"), "{}", e.message());
     bed.shutdown().await;
 }
 

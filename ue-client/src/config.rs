@@ -13,9 +13,17 @@ use split_core::wire::WireDType;
     about = "splitinfer UE: runs the embedding and layers 0..K here, streams the hidden state to the edge (or the channel emulator in front of it) and prints the text as tokens come back"
 )]
 pub struct UeConfig {
-    /// The edge server, or the channel emulator in front of it.
-    #[arg(long, env = "UE_EDGE", default_value = "http://127.0.0.1:50051")]
-    pub edge: String,
+    /// The edge server, or the channel emulator in front of it. Several, comma-separated, to
+    /// fail over: when the session is lost the UE replays it on the next one.
+    #[arg(long, env = "UE_EDGE", default_value = "http://127.0.0.1:50051", value_delimiter = ',')]
+    pub edge: Vec<String>,
+    /// After the link breaks, keep reconnecting (backoff 100 ms doubling to 2 s, jittered) for
+    /// this long to resume the session or replay it into a new one; 0 gives up at once.
+    #[arg(long, env = "UE_RESUME_DEADLINE_MS", default_value_t = 30_000)]
+    pub resume_deadline_ms: u64,
+    /// No reply from the edge for this long counts as a broken link (a frozen peer).
+    #[arg(long, env = "UE_STEP_TIMEOUT_MS", default_value_t = 30_000)]
+    pub step_timeout_ms: u64,
     /// GGUF model file; must be the file the edge serves (compared by sha256).
     #[arg(long, env = "UE_MODEL")]
     pub model: Option<PathBuf>,

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod metrics;
 pub mod report;
+pub mod session;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,12 +26,12 @@ use split_core::transform::{Concealment, LinkSetup, Normalization};
 use split_core::wire::{CandleWire, WireDType, WireTensor};
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_client::EdgeClient;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 pub use config::UeConfig;
 pub use report::{GenerationReport, MigrationEvent, TokenEvent};
+pub use session::{Endpoints, Recovery};
+use session::{Conn, History, Recovered};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UeError {
@@ -40,6 +41,12 @@ pub enum UeError {
     Edge(tonic::Status),
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The link broke (reset, closed without a status, no reply in time); recoverable.
+    #[error("link broken: {0}")]
+    Link(String),
+    /// The link broke and did not come back in time.
+    #[error("UNAVAILABLE: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Model(#[from] split_core::Error),
 }
@@ -49,6 +56,16 @@ impl UeError {
     pub fn status(&self) -> Option<&tonic::Status> {
         match self {
             Self::Edge(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The gRPC code that describes the failure: the edge's, `UNAVAILABLE` for a link that broke
+    /// (and stayed down), `None` for the UE's own errors.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            Self::Edge(s) => Some(s.code()),
+            Self::Link(_) | Self::Unavailable(_) | Self::Connect { .. } => Some(tonic::Code::Unavailable),
             _ => None,
         }
     }
@@ -93,6 +110,10 @@ pub async fn connect(url: &str, max_message_bytes: usize, timeout: Duration) -> 
         .map_err(|e| err(e.to_string()))?
         .connect_timeout(timeout)
         .tcp_nodelay(true)
+        // A frozen or vanished peer is found in seconds, even while waiting for a long step.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .map_err(|e| err(format!("{e} ({})", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default())))?;
@@ -199,11 +220,18 @@ async fn on_model<T: Send + 'static>(
     .and_then(|(s, r, d)| Ok((s, r?, d)))
 }
 
-async fn next(inbound: &mut tonic::Streaming<pb::EdgeMessage>) -> Result<pb::edge_message::Kind, UeError> {
-    match inbound.message().await {
-        Ok(Some(m)) => m.kind.ok_or_else(|| UeError::Protocol("empty message from the edge".into())),
-        Ok(None) => Err(UeError::Protocol("the edge closed the stream without a status".into())),
-        Err(s) => Err(UeError::Edge(s)),
+/// The activation message of one step.
+fn activation(position: u64, split: SplitDecision, hidden: WireTensor, took: Duration) -> pb::UeMessage {
+    pb::UeMessage {
+        kind: Some(pb::ue_message::Kind::Activation(pb::Activation {
+            position,
+            split: Some(pb::Split { k: split.k as u32, epoch: split.epoch }),
+            hidden: Some(hidden.into()),
+            ue_compute_us: took.as_micros() as u64,
+            erasure_mask: Default::default(),
+            uplink_delay_us: 0,
+            erased: Default::default(),
+        })),
     }
 }
 
@@ -217,19 +245,56 @@ pub async fn generate(
     generate_adaptive(client, model, req, &FixedSplit, on_token).await
 }
 
-type Sender = mpsc::Sender<pb::UeMessage>;
-
-async fn send(tx: &Sender, msg: pb::UeMessage) -> Result<u64, UeError> {
-    let n = msg.encoded_len() as u64;
-    tx.send(msg).await.map_err(|_| UeError::Protocol("the request stream closed early".into()))?;
-    Ok(n)
-}
-
 /// One generation session over `client` that follows `source`: at every token boundary a newer
 /// decision moves the split (see [`split_core::migrate`]); `on_token` sees every token as it
-/// arrives.
+/// arrives. A broken link ends it: [`generate_resilient`] survives one.
 pub async fn generate_adaptive(
     client: &mut EdgeClient<Channel>,
+    model: Arc<LoadedModel>,
+    req: GenerateRequest,
+    source: &dyn SplitSource,
+    on_token: impl FnMut(&TokenEvent),
+) -> Result<GenerationReport, UeError> {
+    run(Conn::new(client.clone(), None, Recovery::NONE), model, req, source, on_token).await
+}
+
+/// [`generate_adaptive`] through `endpoints`, resuming or replaying the session when its link
+/// breaks (see [`session`]).
+pub async fn generate_resilient(
+    endpoints: &Endpoints,
+    recovery: Recovery,
+    model: Arc<LoadedModel>,
+    req: GenerateRequest,
+    source: &dyn SplitSource,
+    on_token: impl FnMut(&TokenEvent),
+) -> Result<GenerationReport, UeError> {
+    let url = endpoints.urls.first().ok_or_else(|| UeError::Protocol("no edge URL given".into()))?;
+    let client = connect(url, endpoints.max_message_bytes, endpoints.connect_timeout).await?;
+    run(Conn::new(client, Some(endpoints), recovery), model, req, source, on_token).await
+}
+
+/// A replay into a fresh session, again into another one whenever the link breaks on the way.
+async fn replay_all(
+    conn: &mut Conn<'_>,
+    model: &Arc<LoadedModel>,
+    req: &GenerateRequest,
+    split: SplitDecision,
+    history: &History,
+    generated: &[u32],
+    keep_log: bool,
+) -> Result<(UeModel, Option<pb::Token>), UeError> {
+    loop {
+        match session::replay(conn, model, req, split, history, generated, keep_log).await {
+            Err(e) if session::broken(&e) => {
+                conn.recover(&model.clone(), req, split, e, true).await?;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn run(
+    mut conn: Conn<'_>,
     model: Arc<LoadedModel>,
     req: GenerateRequest,
     source: &dyn SplitSource,
@@ -251,42 +316,21 @@ pub async fn generate_adaptive(
     if let Some(d) = source.latest().filter(|d| d.k <= n_layers) {
         split = d;
     }
-    let (tx, rx) = mpsc::channel::<pb::UeMessage>(8);
-    let open = pb::UeMessage {
-        kind: Some(pb::ue_message::Kind::Open(pb::Open {
-            model_sha256: model.sha256.clone(),
-            split: Some(pb::Split { k: split.k as u32, epoch: split.epoch }),
-            sampling: Some(req.sampling.into()),
-            max_new_tokens: req.max_new_tokens as u32,
-            prompt_tokens: req.prompt.len() as u32,
-            client: req.client.clone(),
-            resume_session_id: String::new(),
-            ignore_eos: req.ignore_eos,
-            normalization: pb::Normalization::from(req.normalization) as i32,
-            concealment: pb::Concealment::from(req.concealment) as i32,
-            calibration_sha256: req.calibration.as_ref().map(|c| c.file_sha256.clone()).unwrap_or_default(),
-        })),
-    };
-    let mut bytes_up = send(&tx, open).await?;
-    let mut bytes_down = 0u64;
-    let mut inbound = client.generate(ReceiverStream::new(rx)).await.map_err(UeError::Edge)?.into_inner();
-
-    let session_id = match next(&mut inbound).await? {
-        pb::edge_message::Kind::Opened(o) => o.session_id,
-        other => return Err(UeError::Protocol(format!("expected opened, got {other:?}"))),
-    };
-    tracing::info!(session = %session_id, split = split.k, epoch = split.epoch, "session open");
+    conn.open(&model, &req, split, false).await?;
+    tracing::info!(session = %conn.id, split = split.k, epoch = split.epoch, "session open");
     if split.epoch > 0 {
         source.applied(split);
     }
 
     // Only a recompute reads the log; at a fixed split or with transfer forced it would be dead
     // weight (69 KB per position at k = 30 for SmolLM2-135M).
-    let log = (source.adaptive() && req.migration != MigrationMode::Transfer).then(BoundaryLog::new);
-    let mut state = UeModel { model: model.clone(), cache: KvCache::new(0..split.k), log, chunks: Vec::new() };
+    let keep_log = source.adaptive() && req.migration != MigrationMode::Transfer;
+    let mut state = UeModel { model: model.clone(), cache: KvCache::new(0..split.k), log: keep_log.then(BoundaryLog::new), chunks: Vec::new() };
     let mut cost = CostModel::new(req.link_mbps, req.edge_speedup);
     let shape = MigrationShape::new(&model.model, req.wire.for_caches().size());
     let mut tokens: Vec<TokenEvent> = Vec::with_capacity(req.max_new_tokens);
+    let mut generated: Vec<u32> = Vec::with_capacity(req.max_new_tokens);
+    let mut history = History { inputs: Vec::with_capacity(req.prompt.len() + req.max_new_tokens), chunks: Vec::new() };
     let mut migrations: Vec<MigrationEvent> = Vec::new();
     let mut input: Vec<u32> = req.prompt.clone();
     let chunk = if req.prefill_chunk == 0 { usize::MAX } else { req.prefill_chunk };
@@ -300,20 +344,27 @@ pub async fn generate_adaptive(
                 split = d;
                 source.applied(d);
             } else {
-                let (s, event) =
-                    migrate(state, &tx, &mut inbound, &req, &cost, &shape, split, d, tokens.len()).await?;
-                state = s;
-                bytes_up += event.bytes_up;
-                bytes_down += event.bytes_down;
-                migrations.push(event);
-                split = d;
-                source.applied(d);
+                match migrate(state, &mut conn, &req, &cost, &shape, split, d, tokens.len()).await {
+                    Ok((s, event)) => {
+                        state = s;
+                        migrations.push(event);
+                        split = d;
+                        source.applied(d);
+                    }
+                    Err(e) if session::broken(&e) => {
+                        // The caches were mid-move: rebuild at the old split in a new session;
+                        // the decision is taken up again at this boundary.
+                        conn.recover(&model, &req, split, e, true).await?;
+                        state = replay_all(&mut conn, &model, &req, split, &history, &generated, keep_log).await?.0;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         }
         // Prefill goes out in chunks; each decode step is one row.
         let mut ue_compute = Duration::ZERO;
-        let mut step_bytes = 0u64;
-        let mut sent_at = Instant::now();
+        let mut pending: Vec<(u64, pb::UeMessage)> = Vec::new();
         for rows in input.chunks(chunk) {
             let position = state.cache.position() as u64;
             let (tokens_in, link, calibration) = (rows.to_vec(), req.link(), req.calibration.clone());
@@ -324,24 +375,56 @@ pub async fn generate_adaptive(
             if split.k >= 4 {
                 cost.observe(rows.len(), split.k, took.as_secs_f64());
             }
-            let msg = pb::UeMessage {
-                kind: Some(pb::ue_message::Kind::Activation(pb::Activation {
-                    position,
-                    split: Some(pb::Split { k: split.k as u32, epoch: split.epoch }),
-                    hidden: Some(hidden.into()),
-                    ue_compute_us: took.as_micros() as u64,
-                    erasure_mask: Default::default(),
-                    uplink_delay_us: 0,
-                    erased: Default::default(),
-                })),
-            };
-            sent_at = Instant::now();
-            step_bytes += send(&tx, msg).await?;
+            history.inputs.extend_from_slice(rows);
+            history.chunks.push(rows.len());
+            pending.push((position, activation(position, split, hidden, took)));
         }
-        bytes_up += step_bytes;
-        let t = match next(&mut inbound).await? {
-            pb::edge_message::Kind::Token(t) => t,
-            other => return Err(UeError::Protocol(format!("expected a token, got {other:?}"))),
+        let end = state.cache.position() as u64;
+        let mut step_bytes = 0u64;
+        let mut sent_at = Instant::now();
+        let t = loop {
+            let exchanged = async {
+                for (_, msg) in &pending {
+                    sent_at = Instant::now();
+                    step_bytes += conn.send(msg.clone()).await?;
+                }
+                match conn.recv().await? {
+                    pb::edge_message::Kind::Token(t) => Ok(t),
+                    other => Err(UeError::Protocol(format!("expected a token, got {other:?}"))),
+                }
+            }
+            .await;
+            match exchanged {
+                Ok(t) => break t,
+                Err(e) if session::broken(&e) => match conn.recover(&model, &req, split, e, false).await? {
+                    Recovered::Resumed { position, last_token } => {
+                        if position == end {
+                            // The edge completed the step; its token was lost with the link.
+                            match last_token.filter(|t| t.position == end) {
+                                Some(t) => break t,
+                                None => return Err(UeError::Protocol(format!("resumed at position {end} without the token of that step"))),
+                            }
+                        }
+                        // Resend what the edge did not get.
+                        let Some(i) = pending.iter().position(|(p, _)| *p == position) else {
+                            return Err(UeError::Protocol(format!(
+                                "resumed at position {position}, which is no boundary of the step the UE is in ({:?}..{end})",
+                                pending.first().map(|p| p.0)
+                            )));
+                        };
+                        pending.drain(..i);
+                    }
+                    Recovered::Fresh => {
+                        let (s, t) = replay_all(&mut conn, &model, &req, split, &history, &generated, keep_log).await?;
+                        state = s;
+                        match t {
+                            Some(t) => break t,
+                            None => return Err(UeError::Protocol("the replay produced no token for the step in flight".into())),
+                        }
+                    }
+                },
+                Err(e) => return Err(e),
+            }
         };
         let rtt = sent_at.elapsed();
         let edge = Duration::from_micros(t.edge_queue_us + t.edge_compute_us);
@@ -368,20 +451,16 @@ pub async fn generate_adaptive(
         };
         on_token(&event);
         tokens.push(event);
+        generated.push(t.id);
         if t.eos && !req.ignore_eos {
             stop_eos = true;
             break;
         }
         input = vec![t.id];
     }
-    drop(tx);
-    // The edge ends the stream once we close ours; wait for it so a late error is not lost.
-    match inbound.message().await {
-        Ok(None) | Ok(Some(_)) => {}
-        Err(s) => return Err(UeError::Edge(s)),
-    }
+    conn.finish().await?;
     Ok(GenerationReport {
-        session_id,
+        session_id: conn.id.clone(),
         split: req.split.k(),
         final_split: split.k,
         wire: req.wire.to_string(),
@@ -389,8 +468,10 @@ pub async fn generate_adaptive(
         tokens,
         migrations,
         stopped_at_eos: stop_eos,
-        bytes_up,
-        bytes_down,
+        bytes_up: conn.bytes_up,
+        bytes_down: conn.bytes_down,
+        resumes: conn.resumes,
+        replays: conn.replays,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
     })
 }
@@ -400,8 +481,7 @@ pub async fn generate_adaptive(
 #[allow(clippy::too_many_arguments)]
 async fn migrate(
     state: UeModel,
-    tx: &Sender,
-    inbound: &mut tonic::Streaming<pb::EdgeMessage>,
+    conn: &mut Conn<'_>,
     req: &GenerateRequest,
     cost: &CostModel,
     shape: &MigrationShape,
@@ -491,8 +571,8 @@ async fn migrate(
         (state, 0)
     };
     msg.ue_compute_us = ue_us;
-    let bytes_up = send(tx, pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(msg)) }).await?;
-    let migrated = match next(inbound).await? {
+    let bytes_up = conn.send(pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(msg)) }).await?;
+    let migrated = match conn.recv().await? {
         pb::edge_message::Kind::Migrated(m) => m,
         other => return Err(UeError::Protocol(format!("expected migrated, got {other:?}"))),
     };

@@ -38,9 +38,12 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         config.prompt.clone()
     };
     let prompt_ids = model.tokenizer.encode(&prompt)?;
-    let mut client = ue_client::connect(&config.edge, config.max_message_bytes, Duration::from_millis(config.connect_timeout_ms))
-        .await
-        .context("is the edge server (or the channel emulator) running and reachable?")?;
+    let endpoints = ue_client::Endpoints {
+        urls: config.edge.clone(),
+        max_message_bytes: config.max_message_bytes,
+        connect_timeout: Duration::from_millis(config.connect_timeout_ms),
+    };
+    let recovery = ue_client::Recovery::new(Duration::from_millis(config.resume_deadline_ms), Duration::from_millis(config.step_timeout_ms.max(1)));
     let req = GenerateRequest {
         prompt: prompt_ids,
         split,
@@ -89,7 +92,7 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     let mut first = true;
-    let report = ue_client::generate_adaptive(&mut client, model, req, source, |t| {
+    let report = ue_client::generate_resilient(&endpoints, recovery, model, req, source, |t| {
         metrics.token(t, std::mem::take(&mut first));
         if json || tokenizer.is_eos(t.id) {
             return;
@@ -100,7 +103,8 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
             let _ = std::io::stdout().flush();
         }
     })
-    .await?;
+    .await
+    .context("is the edge server (or the channel emulator) running and reachable?")?;
     for m in &report.migrations {
         metrics.split_change(m);
     }

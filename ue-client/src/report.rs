@@ -60,6 +60,9 @@ pub struct GenerationReport {
     pub stopped_at_eos: bool,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    /// Times the link broke and the session was resumed, or replayed into a new one.
+    pub resumes: usize,
+    pub replays: usize,
     pub elapsed_ms: f64,
 }
 

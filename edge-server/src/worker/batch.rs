@@ -197,6 +197,7 @@ mod tests {
                 prompt_tokens: tokens.len(),
                 client: "test".into(),
                 resume: None,
+                resume_secret: String::new(),
                 link: Default::default(),
                 calibration_sha256: String::new(),
             })
@@ -313,6 +314,7 @@ mod tests {
                 prompt_tokens: prompt.len(),
                 client: "test".into(),
                 resume: None,
+                resume_secret: String::new(),
                 link: Default::default(),
                 calibration_sha256: String::new(),
             })

@@ -236,6 +236,7 @@ async fn start_emulator(edge: &str, link: Link) -> Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let mut c = channel_emulator::EmulatorConfig::new(edge.to_string());
+    c.control_token = Some(splitinfer_telemetry::auth::ControlToken::new(splitinfer_tests::CONTROL_TOKEN));
     c.channel = link != Link::Clean;
     if link != Link::Clean && link != Link::Held {
         c.channel_args.fading_m = Some(1.0);
@@ -440,7 +441,7 @@ async fn agent_reaction() -> Result<Vec<f64>> {
     for i in 0..10 {
         let preset = if i % 2 == 0 { "bad" } else { "good" };
         let want = if i % 2 == 0 { 27 } else { 1 };
-        api.set_channel(pb::SetChannelRequest { preset: preset.into(), ..Default::default() }).await?;
+        api.set_channel(splitinfer_tests::authorized(pb::SetChannelRequest { preset: preset.into(), ..Default::default() })).await?;
         let t = Instant::now();
         tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|d| d.as_ref().and_then(|d| d.split).is_some_and(|s| s.k == want))).await??;
         out.push(t.elapsed().as_secs_f64() * 1e3);
