@@ -68,7 +68,7 @@ async fn status_and_override_from_the_command_line() {
     let o = splitinfer(&["agent", "status", "--agent", &url, "--json"]).await;
     assert!(o.status.success(), "{o:?}");
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
-    assert_eq!((v["current"]["split"]["k"].as_u64(), v["current"]["split"]["epoch"].as_u64()), (Some(5), Some(1)));
+    assert_eq!((v["current"]["split"]["k"].as_u64(), v["current"]["split"]["epoch"].as_u64()), (Some(5), Some(epoch)));
     assert_eq!((v["current"]["overridden"].as_bool(), v["pinned_k"].as_u64(), v["n_layers"].as_u64()), (Some(true), Some(5), Some(30)));
     assert_eq!(v["policy_params"]["k"], "1");
     assert_eq!(v["history"].as_array().unwrap().len(), 1);

@@ -111,7 +111,7 @@ fn exit_code(container: &str, limit: Duration) -> i64 {
 }
 
 #[test]
-fn compose_testbed_adapts_the_split_and_fails_cleanly_without_the_edge() {
+fn compose_testbed_adapts_the_split_and_survives_an_edge_restart() {
     if let Some(reason) = docker_missing() {
         eprintln!("SKIPPED compose_testbed: {reason}");
         return;
