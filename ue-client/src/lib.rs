@@ -286,7 +286,7 @@ async fn replay_all(
     loop {
         match session::replay(conn, model, req, split, history, generated, keep_log).await {
             Err(e) if session::broken(&e) => {
-                conn.recover(&model.clone(), req, split, e, true).await?;
+                conn.recover(model, req, split, e, true).await?;
             }
             r => return r,
         }

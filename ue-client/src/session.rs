@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use split_core::bundle::LoadedModel;
-use split_core::migrate::{BoundaryLog, MigrationMode};
+use split_core::migrate::BoundaryLog;
 use split_core::model::KvCache;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_client::EdgeClient;
@@ -350,8 +350,5 @@ pub(crate) async fn replay(
         tracing::warn!(mismatches, "replayed steps gave other tokens than the first time (a noisy channel?); the printed text stands");
     }
     tracing::info!(positions = offset, steps = history.chunks.len(), took_ms = started.elapsed().as_secs_f64() * 1e3, "replay done");
-    if req.migration == MigrationMode::Transfer && state.log.is_some() {
-        state.log = None;
-    }
     Ok((state, pending))
 }
