@@ -85,6 +85,8 @@ pub struct AgentConfig {
     /// Log as JSON lines.
     #[arg(long, env = "AGENT_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub tls: splitinfer_telemetry::TlsArgs,
 }
 
 impl AgentConfig {
@@ -115,6 +117,7 @@ impl AgentConfig {
             history: 256,
             metrics_listen: None,
             log_json: false,
+            tls: Default::default(),
         }
     }
 
@@ -137,9 +140,12 @@ impl AgentConfig {
         if self.n_layers == Some(0) {
             return invalid("--n-layers must be at least 1".into());
         }
-        for (flag, url) in [("--emulator", &self.emulator), ("--edge", &self.edge)] {
-            if let Err(e) = tonic::transport::Endpoint::from_shared(url.clone()) {
-                return invalid(format!("{flag} {url:?} is not a URL: {e}"));
+        let tls = splitinfer_telemetry::Tls::load(&self.tls).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        // --edge is only dialed to learn L when --n-layers is not given.
+        let edge = self.n_layers.is_none().then_some(("--edge", &self.edge));
+        for (flag, url) in [("--emulator", &self.emulator)].into_iter().chain(edge) {
+            if let Err(e) = tls.endpoint(url) {
+                return invalid(format!("{flag}: {e}"));
             }
         }
         if self.model.trim().is_empty() {
@@ -317,7 +323,7 @@ mod tests {
         assert!(err(&["--thresholds", "/nonexistent.csv"]).starts_with("cannot read threshold file /nonexistent.csv"));
         assert_eq!(err(&["--policy", "fixed", "--k", "3", "--confirm", "0"]), "--confirm must be at least 1 (1 = act on the first observation)");
         assert!(err(&["--policy", "fixed", "--k", "3", "--hysteresis-db", "-1"]).contains("must be a finite number >= 0"));
-        assert!(err(&["--policy", "fixed", "--k", "3", "--emulator", "not a url"]).starts_with("--emulator \"not a url\" is not a URL"));
+        assert!(err(&["--policy", "fixed", "--k", "3", "--emulator", "not a url"]).starts_with("--emulator: \"not a url\" is not a URL"));
 
         parse(&["--thresholds", t, "--n-layers", "30"]).unwrap().validate().unwrap();
         parse(&["--thresholds", t]).unwrap().validate().unwrap();

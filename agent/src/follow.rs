@@ -19,6 +19,7 @@ use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::agent_client::AgentClient;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use splitinfer_telemetry::Tls;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::backoff::Backoff;
@@ -43,8 +44,13 @@ impl Follower {
     /// acknowledged or received so far as `last_epoch`. Never fails: an absent agent just means no
     /// decisions. Must be called within a Tokio runtime.
     pub fn spawn(url: String, name: String, role: pb::Role, shutdown: CancellationToken) -> Self {
+        Self::spawn_tls(url, Tls::default(), name, role, shutdown)
+    }
+
+    /// [`Follower::spawn`] dialing with `tls` (an `https://` URL needs its CA).
+    pub fn spawn_tls(url: String, tls: Tls, name: String, role: pb::Role, shutdown: CancellationToken) -> Self {
         let inner = Arc::new(Inner { decisions: watch::channel(None).0, applied: watch::channel(None).0, connected: AtomicBool::new(false) });
-        tokio::spawn(follow(inner.clone(), url, name, role, shutdown));
+        tokio::spawn(follow(inner.clone(), url, tls, name, role, shutdown));
         Self { inner }
     }
 
@@ -84,8 +90,8 @@ impl Follower {
     }
 }
 
-async fn follow(inner: Arc<Inner>, url: String, name: String, role: pb::Role, shutdown: CancellationToken) {
-    let endpoint = match Endpoint::from_shared(url.clone()) {
+async fn follow(inner: Arc<Inner>, url: String, tls: Tls, name: String, role: pb::Role, shutdown: CancellationToken) {
+    let endpoint = match tls.endpoint(&url) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(2))
             // Finds an agent whose host vanished without closing the connection.
@@ -93,7 +99,7 @@ async fn follow(inner: Arc<Inner>, url: String, name: String, role: pb::Role, sh
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(true),
         Err(e) => {
-            tracing::error!(agent = %url, error = %e, "invalid agent URL; following no agent");
+            tracing::error!(agent = %url, error = %e, "cannot dial the agent; following no agent");
             return;
         }
     };

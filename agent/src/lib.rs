@@ -35,7 +35,7 @@ use splitinfer_proto::v1::agent_server::AgentServer;
 use splitinfer_proto::v1::edge_client::EdgeClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
+use splitinfer_telemetry::Tls;
 
 pub use config::AgentConfig;
 pub use follow::Follower;
@@ -49,6 +49,7 @@ const GRACE: Duration = Duration::from_secs(5);
 /// the edge for the model's layer count (retrying until it answers or `shutdown`).
 pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     config.validate()?;
+    let tls = Tls::load(&config.tls)?;
     let token = CancellationToken::new();
     {
         let token = token.clone();
@@ -60,7 +61,7 @@ pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Futu
     let _cancel_on_return = token.clone().drop_guard();
     let n_layers = match config.n_layers {
         Some(n) => n,
-        None => match n_layers_from_edge(&config.edge, &token).await {
+        None => match n_layers_from_edge(&config.edge, &tls, &token).await {
             Some(n) => n,
             None => return Ok(()),
         },
@@ -69,13 +70,13 @@ pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Futu
     tracing::info!(policy = policy.name(), params = ?policy.params(), n_layers, min_dwell_ms = config.min_dwell_ms, confirm = config.confirm, "policy");
     let rules = Rules { min_dwell: config.min_dwell(), confirm: config.confirm };
     let state = Arc::new(Shared::new(AgentState::new(policy, n_layers, rules, config.history)));
-    let stats = tokio::spawn(stats::watch(config.emulator.clone(), config.stats_period_ms, state.clone(), token.clone()));
+    let stats = tokio::spawn(stats::watch(config.emulator.clone(), tls.clone(), config.stats_period_ms, state.clone(), token.clone()));
     let metrics_state = state.clone();
     splitinfer_telemetry::metrics::start(config.metrics_listen, Arc::new(move || metrics::render(&metrics_state)), token.clone()).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
-    let (reflection_v1, reflection_v1alpha) = splitinfer_proto::reflection_services()?;
+    let (reflection_v1, reflection_v1alpha) = splitinfer_proto::reflection_services(&["splitinfer.v1.Agent"])?;
     let control_token = config.control_token.clone().filter(|t| !t.is_empty());
     if control_token.is_none() {
         tracing::info!("no control token: Override is disabled (set --control-token or AGENT_CONTROL_TOKEN)");
@@ -83,9 +84,10 @@ pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Futu
     let agent = AgentServer::new(AgentService { state, control_token, shutdown: token.clone() });
 
     tracing::info!(addr = %listener.local_addr()?, emulator = %config.emulator, "agent listening");
-    splitinfer_telemetry::warn_if_exposed("the agent", listener.local_addr()?);
+    splitinfer_telemetry::warn_if_exposed("the agent", listener.local_addr()?, &tls);
     let stop = token.clone();
-    let server = tonic::transport::Server::builder()
+    let server = tls
+        .server(tonic::transport::Server::builder())?
         // Finds subscribers that vanished without closing their connection.
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -113,9 +115,9 @@ pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Futu
 
 /// The model's decoder layer count from the edge's `Info`, retrying with backoff; `None` if
 /// `shutdown` came first.
-async fn n_layers_from_edge(url: &str, shutdown: &CancellationToken) -> Option<u32> {
+async fn n_layers_from_edge(url: &str, tls: &Tls, shutdown: &CancellationToken) -> Option<u32> {
     tracing::info!(edge = url, "--n-layers not given; asking the edge for the model's layer count");
-    let endpoint = Endpoint::from_shared(url.to_string()).ok()?.connect_timeout(Duration::from_secs(2));
+    let endpoint = tls.endpoint(url).ok()?.connect_timeout(Duration::from_secs(2));
     let mut backoff = backoff::Backoff::new();
     let mut attempts = 0u32;
     loop {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::emulator_client::EmulatorClient;
 use tokio_util::sync::CancellationToken;
+use splitinfer_telemetry::Tls;
 use tonic::transport::Endpoint;
 
 use crate::backoff::Backoff;
@@ -15,8 +16,8 @@ use crate::observation::Observation;
 use crate::state::Shared;
 
 /// Runs until `shutdown`.
-pub async fn watch(url: String, period_ms: u32, state: Arc<Shared>, shutdown: CancellationToken) {
-    let endpoint = match Endpoint::from_shared(url.clone()) {
+pub async fn watch(url: String, tls: Tls, period_ms: u32, state: Arc<Shared>, shutdown: CancellationToken) {
+    let endpoint = match tls.endpoint(&url) {
         Ok(e) => e.connect_timeout(Duration::from_secs(2)),
         Err(e) => {
             // The configuration is validated before serving; this is a programming error.

@@ -60,6 +60,8 @@ pub struct EmulatorConfig {
     pub trace_dir: Option<std::path::PathBuf>,
     #[arg(long, env = "EMU_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub tls: splitinfer_telemetry::TlsArgs,
 }
 
 impl EmulatorConfig {

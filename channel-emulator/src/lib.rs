@@ -25,7 +25,6 @@ use splitinfer_proto::v1::edge_server::EdgeServer;
 use splitinfer_proto::v1::emulator_server::EmulatorServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 pub use config::EmulatorConfig;
 use service::Proxy;
@@ -51,13 +50,14 @@ pub async fn run_with_metrics(
 ) -> anyhow::Result<()> {
     let token = CancellationToken::new();
     // Connect lazily: the emulator may start before the edge, and reconnects if the edge restarts.
-    let channel = Endpoint::from_shared(config.edge.clone())?.tcp_nodelay(true).connect_lazy();
+    let tls = splitinfer_telemetry::Tls::load(&config.tls)?;
+    let channel = tls.endpoint(&config.edge).map_err(|e| anyhow::anyhow!("--edge: {e}"))?.tcp_nodelay(true).connect_lazy();
     let upstream = EdgeClient::new(channel)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EdgeServer<Proxy>>().await;
-    let (reflection, reflection_v1alpha) = splitinfer_proto::reflection_services()?;
+    let (reflection, reflection_v1alpha) = splitinfer_proto::reflection_services(&["splitinfer.v1.Edge", "splitinfer.v1.Emulator"])?;
     // The flags are checked even without --channel: SetChannel may turn them on later.
     let base = config.channel_args.to_config()?;
     tracing::info!(impaired = config.channel, channel = ?base, seed = config.channel_args.channel_seed, "link");
@@ -104,9 +104,10 @@ pub async fn run_with_metrics(
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
     tracing::info!(addr = %listener.local_addr()?, edge = %config.edge, "channel emulator listening");
-    splitinfer_telemetry::warn_if_exposed("the channel emulator", listener.local_addr()?);
+    splitinfer_telemetry::warn_if_exposed("the channel emulator", listener.local_addr()?, &tls);
     let stop = token.clone();
-    let server = tonic::transport::Server::builder()
+    let server = tls
+        .server(tonic::transport::Server::builder())?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

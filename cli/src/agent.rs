@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::agent_client::AgentClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
@@ -25,6 +25,8 @@ pub enum AgentCommand {
         /// Most recent decisions to show (0 = all the agent keeps).
         #[arg(long, default_value_t = 10)]
         history: u32,
+        #[command(flatten)]
+        tls: splitinfer_telemetry::TlsArgs,
     },
     /// Pin k for experiments (--k N), or hand control back to the policy (--release).
     Override {
@@ -42,6 +44,8 @@ pub enum AgentCommand {
         /// The agent's control token (its --control-token).
         #[arg(long, env = "AGENT_CONTROL_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        #[command(flatten)]
+        tls: splitinfer_telemetry::TlsArgs,
     },
 }
 
@@ -49,8 +53,8 @@ pub fn run(command: AgentCommand) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         match command {
-            AgentCommand::Status { agent, json, history } => {
-                let mut client = connect(&agent).await?;
+            AgentCommand::Status { agent, json, history, tls } => {
+                let mut client = connect(&agent, &tls).await?;
                 let status = client.status(pb::StatusRequest { history }).await.map_err(|s| refused(&agent, &s))?.into_inner();
                 if json {
                     println!("{}", serde_json::to_string_pretty(&status_json(&status))?);
@@ -59,8 +63,8 @@ pub fn run(command: AgentCommand) -> Result<()> {
                 }
                 Ok(())
             }
-            AgentCommand::Override { agent, k, release, reason, token } => {
-                let mut client = connect(&agent).await?;
+            AgentCommand::Override { agent, k, release, reason, token, tls } => {
+                let mut client = connect(&agent, &tls).await?;
                 let action = match k {
                     Some(k) => pb::override_request::Action::PinK(k),
                     None => pb::override_request::Action::Release(release),
@@ -81,8 +85,8 @@ pub fn run(command: AgentCommand) -> Result<()> {
     })
 }
 
-async fn connect(url: &str) -> Result<AgentClient<Channel>> {
-    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("--agent {url:?} is not a URL"))?;
+async fn connect(url: &str, tls: &splitinfer_telemetry::TlsArgs) -> Result<AgentClient<Channel>> {
+    let endpoint = splitinfer_telemetry::Tls::load(tls)?.endpoint(url).context("--agent")?;
     let channel = endpoint
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))

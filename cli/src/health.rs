@@ -5,16 +5,16 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use tonic::transport::Endpoint;
+use splitinfer_telemetry::Tls;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 /// Succeeds when the server at `url` reports `service` (`""` = the server as a whole, or e.g.
-/// `splitinfer.v1.Edge`) as SERVING within `timeout`, connection included; otherwise the error
+/// `splitinfer.v1.Edge`) as SERVING within `timeout`, connection included (over `tls`); otherwise the error
 /// says what it got instead.
-pub async fn check(url: &str, service: &str, timeout: Duration) -> Result<()> {
-    let endpoint = Endpoint::from_shared(url.to_string()).with_context(|| format!("--url {url:?} is not a URL"))?;
+pub async fn check(url: &str, tls: &Tls, service: &str, timeout: Duration) -> Result<()> {
+    let endpoint = tls.endpoint(url).context("--url")?;
     let what = if service.is_empty() { url.to_string() } else { format!("{service} at {url}") };
     let ask = async {
         let channel = endpoint.connect_timeout(timeout).connect().await.with_context(|| format!("cannot reach {url}"))?;
@@ -49,11 +49,11 @@ mod tests {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let t = Duration::from_secs(5);
-        check(&url, "", t).await.unwrap();
-        check(&url, "x.Serving", t).await.unwrap();
-        let down = check(&url, "x.Down", t).await.unwrap_err().to_string();
+        check(&url, &Tls::default(), "", t).await.unwrap();
+        check(&url, &Tls::default(), "x.Serving", t).await.unwrap();
+        let down = check(&url, &Tls::default(), "x.Down", t).await.unwrap_err().to_string();
         assert!(down.contains("x.Down") && down.contains("NOT_SERVING"), "{down}");
-        let unknown = check(&url, "x.Nope", t).await.unwrap_err().to_string();
+        let unknown = check(&url, &Tls::default(), "x.Nope", t).await.unwrap_err().to_string();
         assert!(unknown.contains("NotFound"), "{unknown}");
         server.abort();
 
@@ -61,7 +61,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             format!("http://{}", l.local_addr().unwrap())
         };
-        let err = format!("{:#}", check(&closed, "", t).await.unwrap_err());
+        let err = format!("{:#}", check(&closed, &Tls::default(), "", t).await.unwrap_err());
         assert!(err.contains("cannot reach"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 
 mod agent;
 mod calibrate;
+mod certs;
 mod figure;
 mod health;
 mod rl;
@@ -80,6 +81,9 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Make a private CA and a certificate per service for the services' TLS flags (--tls-ca,
+    /// --tls-cert, --tls-key): ca.pem, ca.key and NAME.pem, NAME.key in --out.
+    Certs(certs::CertsArgs),
     /// Print what a GGUF model file holds: architecture, layers, sizes, tokenizer.
     Info {
         #[command(flatten)]
@@ -108,6 +112,8 @@ enum Command {
         /// Give up after this long, connecting included.
         #[arg(long, default_value_t = 2000, env = "SPLITINFER_HEALTH_TIMEOUT_MS")]
         timeout_ms: u64,
+        #[command(flatten)]
+        tls: splitinfer_telemetry::TlsArgs,
     },
 }
 
@@ -318,6 +324,7 @@ fn run(command: Command) -> Result<()> {
         Command::Ppl(args) => run_ppl(args),
         Command::Figure3(args) => run_figure3(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Certs(args) => certs::run(&args),
         Command::Trace { mobility, duration_s, step_ms, seed, out } => {
             let m = if mobility == "vehicular" { Mobility::VEHICULAR } else { Mobility::PEDESTRIAN };
             let csv = m.trace(duration_s * 1000, step_ms, seed).to_csv();
@@ -330,10 +337,13 @@ fn run(command: Command) -> Result<()> {
         Command::Info { model } => run_info(&model),
         Command::Agent { command } => agent::run(command),
         Command::Rl { command } => rl::run(command),
-        Command::Health { url, service, timeout_ms } => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(health::check(&url, &service, std::time::Duration::from_millis(timeout_ms))),
+        Command::Health { url, service, timeout_ms, tls } => {
+            let tls = splitinfer_telemetry::Tls::load(&tls)?;
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(health::check(&url, &tls, &service, std::time::Duration::from_millis(timeout_ms)))
+        }
     }
 }
 

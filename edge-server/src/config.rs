@@ -52,6 +52,8 @@ pub struct EdgeConfig {
     /// Log as JSON lines.
     #[arg(long, env = "EDGE_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub tls: splitinfer_telemetry::TlsArgs,
 }
 
 impl EdgeConfig {
@@ -71,6 +73,7 @@ impl EdgeConfig {
             metrics_listen: None,
             calibration: None,
             log_json: false,
+            tls: Default::default(),
         }
     }
 

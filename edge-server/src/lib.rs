@@ -81,13 +81,14 @@ pub async fn run_with_metrics(
         })
     };
 
+    let tls = splitinfer_telemetry::Tls::load(&config.tls)?;
     if let Some(url) = &config.agent {
-        follow_agent(url.clone(), config.name.clone(), model.model.n_layers(), metrics.clone(), token.clone());
+        follow_agent(url.clone(), tls.clone(), config.name.clone(), model.model.n_layers(), metrics.clone(), token.clone());
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<EdgeServer<EdgeService>>().await;
-    let (reflection, reflection_v1alpha) = splitinfer_proto::reflection_services()?;
+    let (reflection, reflection_v1alpha) = splitinfer_proto::reflection_services(&["splitinfer.v1.Edge"])?;
     let edge = EdgeServer::new(EdgeService {
         worker,
         metrics,
@@ -100,9 +101,10 @@ pub async fn run_with_metrics(
     .max_encoding_message_size(config.max_message_bytes);
 
     tracing::info!(%addr, "edge server listening");
-    splitinfer_telemetry::warn_if_exposed("the edge server", addr);
+    splitinfer_telemetry::warn_if_exposed("the edge server", addr, &tls);
     let stop = token.clone();
-    let server = tonic::transport::Server::builder()
+    let server = tls
+        .server(tonic::transport::Server::builder())?
         // Finds UEs that vanished without a reset (a radio link that just stops), so their
         // sessions detach and can expire.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
@@ -126,8 +128,8 @@ pub async fn run_with_metrics(
 /// Subscribes to the agent and acknowledges every decision the edge can serve (k within 0..=L):
 /// sessions move when their UE migrates, so being ready is all the edge has to apply. The
 /// follower reconnects by itself; while the agent is gone, nothing changes here.
-fn follow_agent(url: String, name: String, n_layers: usize, metrics: Arc<EdgeMetrics>, token: CancellationToken) {
-    let follower = agent::follow::Follower::spawn(url, name, splitinfer_proto::v1::Role::Edge, token.clone());
+fn follow_agent(url: String, tls: splitinfer_telemetry::Tls, name: String, n_layers: usize, metrics: Arc<EdgeMetrics>, token: CancellationToken) {
+    let follower = agent::follow::Follower::spawn_tls(url, tls, name, splitinfer_proto::v1::Role::Edge, token.clone());
     let mut decisions = follower.decisions();
     tokio::spawn(async move {
         loop {

@@ -12,7 +12,11 @@ pub mod v1 {
 /// gRPC server reflection over this schema and the standard health service, in both protocol
 /// versions: `v1`, and the older `v1alpha` that grpcurl before 1.8.8 (and other clients still in
 /// use) speak. Every splitinfer server adds both, so a client needs no .proto files at hand.
-pub fn reflection_services() -> Result<
+///
+/// Only `services` (fully qualified, e.g. `splitinfer.v1.Edge`), the health service and
+/// reflection itself are listed: a server advertises what it answers, nothing it would refuse
+/// with UNIMPLEMENTED.
+pub fn reflection_services(services: &[&str]) -> Result<
     (
         tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
         tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
@@ -20,9 +24,16 @@ pub fn reflection_services() -> Result<
     tonic_reflection::server::Error,
 > {
     let builder = || {
-        tonic_reflection::server::Builder::configure()
+        let mut b = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }

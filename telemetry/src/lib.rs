@@ -4,6 +4,9 @@
 
 pub mod auth;
 pub mod metrics;
+pub mod tls;
+
+pub use tls::{Tls, TlsArgs, TlsError};
 
 use tracing_subscriber::EnvFilter;
 
@@ -53,13 +56,16 @@ pub fn incoming(listener: tokio::net::TcpListener) -> impl tokio_stream::Stream<
     })
 }
 
-/// Says loudly that `service` serves plaintext gRPC on `addr` when other hosts can reach it:
-/// whoever is on that network can read (and write) what crosses it, hidden states included.
-pub fn warn_if_exposed(service: &str, addr: std::net::SocketAddr) {
-    if !addr.ip().is_loopback() {
+/// Says how `service` serves on `addr`: TLS (and whether clients need certificates), or, loudly,
+/// plaintext on an address other hosts can reach, where whoever is on that network can read (and
+/// write) what crosses it, hidden states included.
+pub fn warn_if_exposed(service: &str, addr: std::net::SocketAddr, tls: &Tls) {
+    if tls.serves_tls() {
+        tracing::info!(%addr, client_certificates = tls.requires_client_cert(), "{service} serves TLS");
+    } else if !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,
-            "{service} serves PLAINTEXT gRPC on a non-loopback address: anyone on this network can read and alter its traffic; keep it on a private network"
+            "{service} serves PLAINTEXT gRPC on a non-loopback address: anyone on this network can read and alter its traffic; use --tls-cert/--tls-key or keep it on a private network"
         );
     }
 }

@@ -218,6 +218,9 @@ async fn decisions_follow_the_channel_and_both_subscribers_ack_them() {
     for s in ["splitinfer.v1.Agent", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"] {
         assert!(services.lines().any(|l| l == s), "grpcurl list lacks {s}:\n{services}");
     }
+    // Only what the agent answers: not the Edge or Emulator services it would refuse.
+    let ours: Vec<&str> = services.lines().filter(|l| l.starts_with("splitinfer.")).collect();
+    assert_eq!(ours, ["splitinfer.v1.Agent"], "{services}");
     let out = grpcurl::run(&["-plaintext", &target, "splitinfer.v1.Agent/Status"]).unwrap();
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("grpcurl printed no JSON ({e}):\n{out}"));
     // Proto3 JSON: camelCase names, 64-bit integers as strings.

@@ -97,7 +97,7 @@ fn shared(s: Server) -> Shared {
 }
 
 fn endpoints(urls: &[String]) -> Endpoints {
-    Endpoints { urls: urls.to_vec(), max_message_bytes: 64 << 20, connect_timeout: Duration::from_secs(2) }
+    Endpoints { urls: urls.to_vec(), tls: Default::default(), max_message_bytes: 64 << 20, connect_timeout: Duration::from_secs(2) }
 }
 
 fn request() -> ue_client::GenerateRequest {

@@ -105,4 +105,6 @@ pub struct UeConfig {
     pub name: String,
     #[arg(long, env = "UE_LOG_JSON")]
     pub log_json: bool,
+    #[command(flatten)]
+    pub tls: splitinfer_telemetry::TlsArgs,
 }

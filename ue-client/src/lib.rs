@@ -26,7 +26,7 @@ use split_core::transform::{Concealment, LinkSetup, Normalization};
 use split_core::wire::{CandleWire, WireDType, WireTensor};
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_client::EdgeClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 pub use config::UeConfig;
 pub use report::{GenerationReport, MigrationEvent, TokenEvent};
@@ -103,10 +103,16 @@ impl GenerateRequest {
     }
 }
 
-/// Connects to an edge (or emulator) with raised message limits.
+/// Connects to an edge (or emulator) in plaintext with raised message limits.
 pub async fn connect(url: &str, max_message_bytes: usize, timeout: Duration) -> Result<EdgeClient<Channel>, UeError> {
+    connect_tls(url, &splitinfer_telemetry::Tls::default(), max_message_bytes, timeout).await
+}
+
+/// [`connect`] dialing with `tls`.
+pub async fn connect_tls(url: &str, tls: &splitinfer_telemetry::Tls, max_message_bytes: usize, timeout: Duration) -> Result<EdgeClient<Channel>, UeError> {
     let err = |reason: String| UeError::Connect { url: url.to_string(), reason };
-    let channel = Endpoint::from_shared(url.to_string())
+    let channel = tls
+        .endpoint(url)
         .map_err(|e| err(e.to_string()))?
         .connect_timeout(timeout)
         .tcp_nodelay(true)
@@ -269,7 +275,7 @@ pub async fn generate_resilient(
     on_token: impl FnMut(&TokenEvent),
 ) -> Result<GenerationReport, UeError> {
     let url = endpoints.urls.first().ok_or_else(|| UeError::Protocol("no edge URL given".into()))?;
-    let client = connect(url, endpoints.max_message_bytes, endpoints.connect_timeout).await?;
+    let client = connect_tls(url, &endpoints.tls, endpoints.max_message_bytes, endpoints.connect_timeout).await?;
     run(Conn::new(client, Some(endpoints), recovery), model, req, source, on_token).await
 }
 

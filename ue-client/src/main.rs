@@ -38,8 +38,13 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         config.prompt.clone()
     };
     let prompt_ids = model.tokenizer.encode(&prompt)?;
+    let tls = splitinfer_telemetry::Tls::load(&config.tls)?;
+    for url in &config.edge {
+        tls.endpoint(url).map_err(|e| anyhow::anyhow!("--edge: {e}"))?;
+    }
     let endpoints = ue_client::Endpoints {
         urls: config.edge.clone(),
+        tls: tls.clone(),
         max_message_bytes: config.max_message_bytes,
         connect_timeout: Duration::from_millis(config.connect_timeout_ms),
     };
@@ -73,7 +78,7 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
     let follower = config
         .agent
         .clone()
-        .map(|url| agent::follow::Follower::spawn(url, config.name.clone(), splitinfer_proto::v1::Role::Ue, stop.clone()));
+        .map(|url| agent::follow::Follower::spawn_tls(url, tls.clone(), config.name.clone(), splitinfer_proto::v1::Role::Ue, stop.clone()));
     if let Some(f) = &follower {
         // A running agent hands over its current decision at once: open the session at that split
         // if it comes within a second; otherwise start at --split and follow when it comes.

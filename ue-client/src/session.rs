@@ -35,12 +35,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::{GenerateRequest, SplitDecision, UeError, UeModel, connect, on_model};
+use crate::{GenerateRequest, SplitDecision, UeError, UeModel, connect_tls, on_model};
 
 /// Where the edge is: one URL, or several to fail over between (in order, round robin).
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub urls: Vec<String>,
+    /// How to dial them: plaintext (the default) or TLS.
+    pub tls: splitinfer_telemetry::Tls,
     pub max_message_bytes: usize,
     pub connect_timeout: Duration,
 }
@@ -238,7 +240,7 @@ impl<'a> Conn<'a> {
             tokio::time::sleep(jitter(wait).min(left)).await;
             wait = (wait * 2).min(self.recovery.backoff_max);
             let url = &endpoints.urls[self.url_index % endpoints.urls.len()];
-            match connect(url, endpoints.max_message_bytes, endpoints.connect_timeout.min(left.max(Duration::from_millis(1)))).await {
+            match connect_tls(url, &endpoints.tls, endpoints.max_message_bytes, endpoints.connect_timeout.min(left.max(Duration::from_millis(1)))).await {
                 Ok(c) => self.client = c,
                 Err(e) => {
                     tracing::info!(%url, error = %e, "reconnect failed");
