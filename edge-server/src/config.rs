@@ -30,6 +30,11 @@ pub struct EdgeConfig {
     /// Sessions open at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "EDGE_MAX_SESSIONS", default_value_t = 256)]
     pub max_sessions: usize,
+    /// Rows of a prefill computed together. Prefills advance one layer of one chunk at a time
+    /// between other sessions' decode steps, so a long prompt does not stall them; a message of
+    /// more rows is computed in chunks of this many (deterministically, whatever the load).
+    #[arg(long, env = "EDGE_PREFILL_CHUNK_ROWS", default_value_t = crate::worker::PREFILL_CHUNK_ROWS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
+    pub prefill_chunk_rows: usize,
     /// After SIGTERM/SIGINT, open sessions are ended and the server waits this long for them.
     #[arg(long, env = "EDGE_GRACE_PERIOD_MS", default_value_t = 5_000)]
     pub grace_period_ms: u64,
@@ -67,6 +72,7 @@ impl EdgeConfig {
             step_timeout_ms: 60_000,
             max_message_bytes: 64 << 20,
             max_sessions: 256,
+            prefill_chunk_rows: crate::worker::PREFILL_CHUNK_ROWS,
             grace_period_ms: 5_000,
             agent: None,
             name: "edge".into(),

@@ -65,7 +65,15 @@ pub async fn run_with_metrics(
         }
         None => None,
     };
-    let worker = Worker::spawn_with(model.clone(), config.max_sessions, worker::MAX_DRAIN, calibration)?;
+    let worker = Worker::start(
+        model.clone(),
+        worker::WorkerOptions {
+            max_sessions: config.max_sessions,
+            max_batch: worker::MAX_DRAIN,
+            calibration,
+            prefill_chunk_rows: config.prefill_chunk_rows,
+        },
+    )?;
     let addr = listener.local_addr()?;
 
     let expiry = {

@@ -11,6 +11,7 @@
 //! [`SplitModel::run_layers_batch`]: split_core::model::SplitModel::run_layers_batch
 
 mod batch;
+mod prefill;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -161,6 +162,30 @@ pub struct Progress {
 /// batch waits for at most this many checks, and the queue behind it is served in bounded rounds.
 pub const MAX_DRAIN: usize = 32;
 
+/// Rows of a prefill computed together, by default: a prefill message with more rows is computed
+/// in chunks of this many, one layer at a time between other sessions' work. Deterministic (it
+/// does not depend on the load), so a prompt of more rows rounds like a UE that sent such chunks.
+pub const PREFILL_CHUNK_ROWS: usize = 64;
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Sessions open at once; more are refused with RESOURCE_EXHAUSTED.
+    pub max_sessions: usize,
+    /// Jobs taken off the queue per round, which bounds a decode batch (1 = no batching).
+    pub max_batch: usize,
+    /// Statistics for sessions that normalize or conceal with them.
+    pub calibration: Option<Arc<Calibration>>,
+    /// See [`PREFILL_CHUNK_ROWS`].
+    pub prefill_chunk_rows: usize,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self { max_sessions: 256, max_batch: MAX_DRAIN, calibration: None, prefill_chunk_rows: PREFILL_CHUNK_ROWS }
+    }
+}
+
 enum Job {
     Open(OpenParams, oneshot::Sender<Result<Opened, EdgeError>>),
     Step(StepInput, oneshot::Sender<Result<Option<TokenOut>, EdgeError>>),
@@ -207,14 +232,37 @@ impl Worker {
     /// [`Worker::spawn_with_batch`], with the calibration statistics that sessions asking for
     /// normalization or mean concealment use (checked against the model by the caller).
     pub fn spawn_with(model: Arc<LoadedModel>, max_sessions: usize, max_batch: usize, calibration: Option<Arc<Calibration>>) -> std::io::Result<Self> {
+        Self::start(model, WorkerOptions { max_sessions, max_batch, calibration, ..WorkerOptions::default() })
+    }
+
+    /// The worker with every option.
+    pub fn start(model: Arc<LoadedModel>, options: WorkerOptions) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let take = max_batch.max(1) - 1;
+        let take = options.max_batch.max(1) - 1;
         std::thread::Builder::new().name("edge-model".into()).spawn(move || {
-            let mut state = State::new(model, max_sessions, calibration);
-            // Ends when every handle is dropped.
-            while let Ok(job) = rx.recv() {
-                let jobs: Vec<Job> = std::iter::once(job).chain(rx.try_iter().take(take)).collect();
-                state.handle_all(jobs);
+            let mut state = State::new(model, options.max_sessions, options.calibration);
+            state.prefill_chunk = options.prefill_chunk_rows.max(1);
+            // Ends when every handle is dropped. While prefills are in progress the queue is only
+            // polled: one layer of one prefill chunk runs between rounds, so a long prompt does
+            // not stall other sessions' decode steps.
+            loop {
+                let first = if state.prefilling() {
+                    match rx.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(mpsc::TryRecvError::Empty) => None,
+                        Err(mpsc::TryRecvError::Disconnected) => break,
+                    }
+                } else {
+                    match rx.recv() {
+                        Ok(job) => Some(job),
+                        Err(_) => break,
+                    }
+                };
+                if let Some(job) = first {
+                    let jobs: Vec<Job> = std::iter::once(job).chain(rx.try_iter().take(take)).collect();
+                    state.handle_all(jobs);
+                }
+                state.prefill_unit();
             }
         })?;
         Ok(Self { tx })
@@ -291,6 +339,9 @@ struct State {
     sessions: HashMap<SessionId, Session>,
     /// Recently expired ids, so a late resume hears "expired" rather than "unknown".
     expired: VecDeque<SessionId>,
+    /// Prefill steps in progress, served a layer at a time in turn.
+    prefills: VecDeque<prefill::Prefill>,
+    prefill_chunk: usize,
 }
 
 /// 128 bits from the thread's CSPRNG (ChaCha, seeded from the OS), as hex.
@@ -336,6 +387,8 @@ impl State {
             max_sessions,
             sessions: HashMap::new(),
             expired: VecDeque::new(),
+            prefills: VecDeque::new(),
+            prefill_chunk: PREFILL_CHUNK_ROWS,
         }
     }
 

@@ -70,6 +70,27 @@ pub struct SplitModel {
     path: PathBuf,
 }
 
+/// A [`SplitModel::run_layers`] in progress, run a layer at a time.
+#[derive(Debug)]
+pub struct LayerRun {
+    x: Tensor,
+    next: usize,
+    end: usize,
+    rows: usize,
+    done: bool,
+}
+
+impl LayerRun {
+    /// The hidden state after the layers run so far (all of them once the run is done).
+    pub fn output(&self) -> &Tensor {
+        &self.x
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
 impl SplitModel {
     /// Loads a GGUF file of a supported architecture onto the CPU, with default options.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
@@ -195,21 +216,56 @@ impl SplitModel {
         self.run_layers_inner(hidden, cache, Some(trace))
     }
 
+    /// Starts [`SplitModel::run_layers`] on `hidden` to be run a layer at a time with
+    /// [`SplitModel::run_next_layer`], for a scheduler that does other work between layers (the
+    /// edge interleaves a long prefill with other sessions' decode steps). Checks what
+    /// `run_layers` checks, before anything runs.
+    pub fn start_layers(&self, hidden: &Tensor, cache: &KvCache) -> Result<LayerRun> {
+        let rows = self.check_run(hidden, cache)?;
+        let range = cache.range();
+        Ok(LayerRun { x: hidden.clone(), next: range.start, end: range.end, rows, done: false })
+    }
+
+    /// What running `cache.range()` on `hidden` needs: the range, the shape, the context room.
+    /// Returns the rows.
+    fn check_run(&self, hidden: &Tensor, cache: &KvCache) -> Result<usize> {
+        self.check_range(&cache.range())?;
+        let rows = self.check_hidden(hidden)?;
+        let needed = cache.position() + rows;
+        if needed > self.config.context_length {
+            return Err(Error::ContextTooLong { needed, limit: self.config.context_length });
+        }
+        Ok(rows)
+    }
+
+    /// Runs the next layer of `run` on `cache` (the cache it was started on, untouched since);
+    /// `true` once the last layer has run and the cache has advanced, with the output in
+    /// [`LayerRun::output`]. The same operations on the same shapes as `run_layers`, so the
+    /// result is bit-identical.
+    pub fn run_next_layer(&self, run: &mut LayerRun, cache: &mut KvCache) -> Result<bool> {
+        if run.done {
+            return Ok(true);
+        }
+        if run.next < run.end {
+            run.x = self.layers[run.next].forward(&run.x, &self.config, &self.rope, cache)?;
+            run.next += 1;
+        }
+        if run.next == run.end {
+            cache.advance(run.rows)?;
+            run.done = true;
+        }
+        Ok(run.done)
+    }
+
     /// The key/value layout of a cached layer: `(kv_heads, head_dim)`.
     pub fn kv_layout(&self) -> (usize, usize) {
         (self.config.n_kv_heads, self.config.head_dim)
     }
 
     fn run_layers_inner(&self, hidden: &Tensor, cache: &mut KvCache, mut trace: Option<&mut Vec<Tensor>>) -> Result<Tensor> {
-        let range = cache.range();
-        self.check_range(&range)?;
-        let seq = self.check_hidden(hidden)?;
-        let needed = cache.position() + seq;
-        if needed > self.config.context_length {
-            return Err(Error::ContextTooLong { needed, limit: self.config.context_length });
-        }
+        let seq = self.check_run(hidden, cache)?;
         let mut x = hidden.clone();
-        for layer in &self.layers[range] {
+        for layer in &self.layers[cache.range()] {
             x = layer.forward(&x, &self.config, &self.rope, cache)?;
             if let Some(t) = trace.as_deref_mut() {
                 t.push(x.clone());

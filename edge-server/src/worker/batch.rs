@@ -29,12 +29,16 @@ struct Pending {
 impl State {
     /// Handles jobs taken off the queue together. Checked decode steps wait in `pending`, one
     /// batch per layer range, until the end of the round. Any other job of a waiting session
-    /// first runs the waiting batches, so each session sees its jobs in arrival order; so do the
-    /// heavy jobs (a prefill, a split change), so that they do not hold up steps that came
-    /// before them. Light jobs of other sessions run at once, overtaking the waiting steps.
+    /// first runs the waiting batches, so each session sees its jobs in arrival order; so does a
+    /// split change, so that it does not hold up steps that came before it. Prefill steps join
+    /// the prefills in progress (`prefill.rs`), which advance between rounds. Light jobs of
+    /// other sessions run at once, overtaking the waiting steps.
     pub(super) fn handle_all(&mut self, jobs: Vec<Job>) {
         let mut pending = Pending::default();
         for job in jobs {
+            if let Some(id) = job.session().filter(|id| self.prefill_in_progress(id)).cloned() {
+                self.finish_prefill(&id, matches!(job, Job::Close(_)));
+            }
             let waits = job.session().is_some_and(|id| pending.sessions.contains(id));
             if waits || matches!(job, Job::Expire(_) | Job::Migrate(..)) {
                 self.run_pending(&mut pending);
@@ -53,10 +57,7 @@ impl State {
                     pending.sessions.insert(s.session.clone());
                     pending.batches.entry(c.k).or_default().push(Waiting { input: s, x: c.x, reply });
                 }
-                Ok(c) => {
-                    self.run_pending(&mut pending);
-                    let _ = reply.send(self.run_step(&s, c, queue, started));
-                }
+                Ok(c) => self.start_prefill(s, c, reply, queue, started),
             }
         }
         self.run_pending(&mut pending);
@@ -188,25 +189,41 @@ mod tests {
         let model = shared_model();
         let tokens = model.tokenizer.encode(prompt).unwrap();
         let opened = state
-            .open(OpenParams {
-                split: model.model.split_point(k).unwrap(),
-                epoch: 0,
-                sampling,
-                max_new_tokens: 32,
-                ignore_eos: false,
-                prompt_tokens: tokens.len(),
-                client: "test".into(),
-                resume: None,
-                resume_secret: String::new(),
-                link: Default::default(),
-                calibration_sha256: String::new(),
-            })
+            .open(OpenParams { sampling, ..open_params(k, tokens.len()) })
             .unwrap();
         let mut ue = Ue { id: opened.id, k, cache: KvCache::new(0..k), next: 0 };
         let (job, rx) = step_job(ue.step(&tokens));
         state.handle_all(vec![job]);
+        settle(state);
         ue.next = reply(rx).unwrap().unwrap().id;
         ue
+    }
+
+    /// A greedy session split at `k` for a prompt of `prompt_tokens`.
+    fn open_params(k: usize, prompt_tokens: usize) -> OpenParams {
+        OpenParams {
+            split: shared_model().model.split_point(k).unwrap(),
+            epoch: 0,
+            sampling: SamplingConfig::GREEDY,
+            max_new_tokens: 32,
+            ignore_eos: false,
+            prompt_tokens,
+            client: "test".into(),
+            resume: None,
+            resume_secret: String::new(),
+            link: Default::default(),
+            calibration_sha256: String::new(),
+        }
+    }
+
+    /// Runs the prefills in progress to their end, as the worker loop does between rounds.
+    fn settle(state: &mut State) -> usize {
+        let mut units = 0;
+        while state.prefilling() {
+            state.prefill_unit();
+            units += 1;
+        }
+        units
     }
 
     const SESSIONS: &[(usize, &str)] = &[
@@ -299,36 +316,111 @@ mod tests {
     }
 
     #[test]
-    fn a_prefill_does_not_hold_up_decode_steps_queued_before_it() {
+    fn a_prefill_holds_up_no_decode_step_queued_before_or_after_it() {
         let mut state = State::new(shared_model(), 16, None);
         let mut ues: Vec<Ue> = SESSIONS[..3].iter().map(|&(k, p)| open(&mut state, k, p, SamplingConfig::GREEDY)).collect();
         let model = shared_model();
         let prompt = model.tokenizer.encode("A new session arrives with its prompt").unwrap();
         let opened = state
-            .open(OpenParams {
-                split: model.model.split_point(0).unwrap(),
-                epoch: 0,
-                sampling: SamplingConfig::GREEDY,
-                max_new_tokens: 4,
-                ignore_eos: false,
-                prompt_tokens: prompt.len(),
-                client: "test".into(),
-                resume: None,
-                resume_secret: String::new(),
-                link: Default::default(),
-                calibration_sha256: String::new(),
-            })
+            .open(OpenParams { max_new_tokens: 4, ..open_params(0, prompt.len()) })
             .unwrap();
         let mut newcomer = Ue { id: opened.id, k: 0, cache: KvCache::new(0..0), next: 0 };
         let (a, rx_a) = step_job(ues[0].decode());
         let (b, rx_b) = step_job(ues[1].decode());
         let (prefill, rx_prefill) = step_job(newcomer.step(&prompt));
         let (c, rx_c) = step_job(ues[2].decode());
+        let mut rx_prefill = rx_prefill;
         state.handle_all(vec![a, b, prefill, c]);
-        assert_eq!(reply(rx_a).unwrap().unwrap().batch, 2);
-        assert_eq!(reply(rx_b).unwrap().unwrap().batch, 2);
-        assert_eq!(reply(rx_prefill).unwrap().unwrap().position, prompt.len());
-        assert_eq!(reply(rx_c).unwrap().unwrap().batch, 1);
+        // All three decode steps share one pass at the end of the round, the prefill's waiting.
+        for rx in [rx_a, rx_b, rx_c] {
+            assert_eq!(reply(rx).unwrap().unwrap().batch, 3);
+        }
+        assert!(rx_prefill.try_recv().is_err(), "the prefill runs between rounds, not in this one");
+        assert_eq!(settle(&mut state), 30, "one unit per layer: 30 layers at k = 0, one chunk");
+        assert_eq!(rx_prefill.try_recv().unwrap().unwrap().unwrap().position, prompt.len());
+    }
+
+    /// A prefill of more rows than a chunk runs in chunks, a layer at a time, with other
+    /// sessions' steps answered in between, and gives the bits of running those chunks whole.
+    #[test]
+    fn a_long_prefill_runs_in_chunks_between_other_steps_and_equals_running_them_whole() {
+        let model = shared_model();
+        let mut state = State::new(model.clone(), 16, None);
+        state.prefill_chunk = 16;
+        let mut other = open(&mut state, 12, SESSIONS[3].1, SamplingConfig::GREEDY);
+        let k = 10;
+        let text = "The harbour master kept a ledger of every ship that entered the bay, its cargo, its crew and the weather on the day it arrived, and the ledger survived the fire.";
+        let prompt = model.tokenizer.encode(text).unwrap();
+        assert!(prompt.len() > 32 && prompt.len() % 16 != 0, "three chunks, the last one short: {} tokens", prompt.len());
+        let opened = state
+            .open(OpenParams { max_new_tokens: 4, ..open_params(k, prompt.len()) })
+            .unwrap();
+        let mut long = Ue { id: opened.id, k, cache: KvCache::new(0..k), next: 0 };
+        let input = long.step(&prompt);
+        // The edge's half by hand: layers k..L on 16-row chunks, each run whole.
+        let x = CandleWire::to_tensor(&input.hidden, model.model.device()).unwrap();
+        let mut cache = KvCache::new(k..30);
+        let mut h = None;
+        for start in (0..prompt.len()).step_by(16) {
+            let n = 16.min(prompt.len() - start);
+            h = Some(model.model.run_layers(&x.narrow(1, start, n).unwrap(), &mut cache).unwrap());
+        }
+        let logits = model.model.head_last(&h.unwrap()).unwrap().to_vec1::<f32>().unwrap();
+        let want = split_core::sampling::Sampler::new(SamplingConfig::GREEDY).unwrap().sample(&logits).unwrap();
+
+        let (job, rx) = step_job(input);
+        let mut rx = rx;
+        state.handle_all(vec![job]);
+        let mut units = 0;
+        let mut answered_between = 0;
+        while state.prefilling() {
+            state.prefill_unit();
+            units += 1;
+            if units % 7 == 0 && state.prefilling() {
+                let (step, rx_other) = step_job(other.decode());
+                state.handle_all(vec![step]);
+                other.next = reply(rx_other).unwrap().unwrap().id;
+                answered_between += 1;
+            }
+        }
+        assert_eq!(units, prompt.len().div_ceil(16) * (30 - k), "a unit is one layer of one chunk");
+        assert!(answered_between >= 5, "the other session stepped while the prefill ran");
+        let got = rx.try_recv().unwrap().unwrap().unwrap();
+        assert_eq!((got.position, got.id, got.logprob.to_bits()), (prompt.len(), want.id, want.logprob.to_bits()));
+        assert_eq!(state.sessions[&long.id].cache.position(), prompt.len());
+    }
+
+    /// Another job of a session whose prefill is in progress first completes the prefill; a
+    /// close drops it.
+    #[test]
+    fn a_job_of_a_prefilling_session_waits_for_the_prefill_and_a_close_drops_it() {
+        let model = shared_model();
+        let mut state = State::new(model.clone(), 16, None);
+        let prompt = model.tokenizer.encode(SESSIONS[1].1).unwrap();
+        let params = |state: &mut State| {
+            state
+                .open(OpenParams { max_new_tokens: 4, ..open_params(4, prompt.len()) })
+                .unwrap()
+        };
+        let opened = params(&mut state);
+        let mut ue = Ue { id: opened.id.clone(), k: 4, cache: KvCache::new(0..4), next: 0 };
+        let (job, mut rx) = step_job(ue.step(&prompt));
+        state.handle_all(vec![job]);
+        state.prefill_unit();
+        let (progress, mut rx_progress) = oneshot::channel();
+        state.handle_all(vec![Job::Progress(opened.id.clone(), progress)]);
+        assert_eq!(rx_progress.try_recv().unwrap().unwrap().position, prompt.len(), "the query saw the finished prefill");
+        assert!(rx.try_recv().unwrap().unwrap().is_some());
+        assert!(!state.prefilling());
+
+        let opened = params(&mut state);
+        let mut ue = Ue { id: opened.id.clone(), k: 4, cache: KvCache::new(0..4), next: 0 };
+        let (job, mut rx) = step_job(ue.step(&prompt));
+        state.handle_all(vec![job]);
+        state.prefill_unit();
+        state.handle_all(vec![Job::Close(opened.id.clone())]);
+        assert!(matches!(rx.try_recv().unwrap(), Err(EdgeError::Unavailable(_))));
+        assert!(!state.prefilling() && !state.sessions.contains_key(&opened.id));
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! One UE's long prompt does not starve the others: with the real edge binary, a 4,096-row
+//! prefill arrives while another UE decodes, and that UE's p95 per-token latency stays within 3×
+//! its solo figure; the edge's peak memory grows by the prompt's caches, not by a 4,096² attention.
+
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use splitinfer_proto::v1 as pb;
+use splitinfer_tests::{default_eval_text, default_model, greedy_request, shared_model, workspace_binary};
+
+const LONG_ROWS: usize = 4096;
+const DECODE_TOKENS: usize = 150;
+
+struct Edge(Child, u16);
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Edge {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(workspace_binary("edge-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--model", &default_model().display().to_string()])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let edge = Self(child, port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut c) = pb::edge_client::EdgeClient::connect(edge.url()).await
+                && c.info(pb::InfoRequest {}).await.is_ok()
+            {
+                return edge;
+            }
+            assert!(Instant::now() < deadline, "the edge never came up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.1)
+    }
+
+    /// The process's peak resident memory so far (VmHWM), in MiB.
+    fn peak_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
+        let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
+        kb / 1024.0
+    }
+}
+
+/// Decode latencies (ms, the time between consecutive tokens after the first) of one generation,
+/// each with when it ended.
+async fn decode_latencies(url: &str) -> Vec<(Instant, f64)> {
+    let mut req = greedy_request("The history of the old harbour town begins with the fishermen who", 2, DECODE_TOKENS);
+    req.ignore_eos = true;
+    let mut client = ue_client::connect(url, 64 << 20, Duration::from_secs(5)).await.unwrap();
+    let mut last: Option<Instant> = None;
+    let mut out = Vec::new();
+    ue_client::generate(&mut client, shared_model(), req, |_| {
+        let now = Instant::now();
+        if let Some(l) = last {
+            out.push((now, (now - l).as_secs_f64() * 1e3));
+        }
+        last = Some(now);
+    })
+    .await
+    .unwrap();
+    out
+}
+
+fn p95(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * 0.95).ceil() as usize).saturating_sub(1).min(v.len() - 1)]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4096_row_prefill_keeps_another_ues_p95_within_3x_of_solo() {
+    let edge = Edge::start().await;
+    let url = edge.url();
+    // Warm up, then the solo figure.
+    decode_latencies(&url).await;
+    let mut solo = Vec::new();
+    for _ in 0..2 {
+        solo.extend(decode_latencies(&url).await.into_iter().map(|(_, ms)| ms));
+    }
+    let solo_p95 = p95(solo.clone());
+
+    // The long prompt: real text, embedded at k = 0 so the edge runs all 30 layers on it.
+    let model = shared_model();
+    let text = std::fs::read_to_string(default_eval_text()).unwrap();
+    let mut prompt = model.tokenizer.encode(&text).unwrap();
+    assert!(prompt.len() >= LONG_ROWS, "the evaluation text has {} tokens", prompt.len());
+    prompt.truncate(LONG_ROWS);
+    let mut long = greedy_request("", 0, 1);
+    long.prompt = prompt;
+    let peak_before = edge.peak_mib();
+    let done = Arc::new(AtomicBool::new(false));
+    let (u, d) = (url.clone(), done.clone());
+    let prefill = tokio::spawn(async move {
+        let started = Instant::now();
+        let report = splitinfer_tests::generate_via(&u, long).await.unwrap();
+        d.store(true, Ordering::SeqCst);
+        (started, Instant::now(), report.tokens.len())
+    });
+    // Decode throughout the prefill, in generations of DECODE_TOKENS.
+    let mut during = Vec::new();
+    while !done.load(Ordering::SeqCst) {
+        during.extend(decode_latencies(&url).await);
+    }
+    let (started, ended, tokens) = prefill.await.unwrap();
+    assert_eq!(tokens, 1);
+    let window: Vec<f64> = during.iter().filter(|(t, _)| *t > started && *t <= ended).map(|&(_, ms)| ms).collect();
+    let prefill_s = (ended - started).as_secs_f64();
+    let contended_p95 = p95(window.clone());
+    let growth = edge.peak_mib() - peak_before;
+    eprintln!(
+        "fairness: solo p95 {solo_p95:.1} ms over {} tokens; during the {LONG_ROWS}-row prefill ({prefill_s:.1} s) p95 {contended_p95:.1} ms over {} tokens ({:.2}x); edge peak memory +{growth:.0} MiB",
+        solo.len(),
+        window.len(),
+        contended_p95 / solo_p95
+    );
+    assert!(window.len() >= 50, "too few tokens decoded during the prefill to judge: {}", window.len());
+    assert!(contended_p95 <= 3.0 * solo_p95, "p95 {contended_p95:.1} ms during the prefill against {solo_p95:.1} ms solo");
+    // Its caches are 4,096 rows x 30 layers x 2 x 3 heads x 64 x 4 B = 188 MB; a whole-prompt
+    // attention would add 9 heads x 4,096^2 x 4 B = 600 MB per score matrix on top.
+    assert!(growth < 700.0, "the edge's peak memory grew by {growth:.0} MiB for one prompt");
+}
