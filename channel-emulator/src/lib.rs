@@ -100,6 +100,7 @@ pub async fn run_with_metrics(
         shared,
         seed: config.channel_args.channel_seed,
         sessions: std::sync::atomic::AtomicU64::new(0),
+        max_message_bytes: config.max_message_bytes,
     })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::link::{self, Clean, Impaired, LinkStats, Uplink};
@@ -21,6 +21,8 @@ pub struct Proxy {
     pub(crate) seed: u64,
     /// Sessions so far: session n draws from seed + n, so a run replays exactly.
     pub(crate) sessions: std::sync::atomic::AtomicU64,
+    /// The largest message accepted, for the words of a refusal.
+    pub(crate) max_message_bytes: usize,
 }
 
 type Reply = Result<pb::EdgeMessage, Status>;
@@ -40,6 +42,7 @@ impl Edge for Proxy {
         let shared = self.shared.clone();
         let down_shared = self.shared.clone();
         let seed = self.seed;
+        let max_message_bytes = self.max_message_bytes;
         // The link follows the shared channel: rebuilt when its version changes, so a switch
         // takes effect at the session's next message. Seeds stay a function of (seed, session,
         // version), so a run replays.
@@ -101,7 +104,7 @@ impl Edge for Proxy {
                                 Err(status) => {
                                     // The UE's stream failed at the proxy (e.g. a message over the
                                     // limit): tell the UE; dropping `to_edge` ends the edge side.
-                                    let _ = to_ue.send(Err(status)).await;
+                                    let _ = to_ue.send(Err(from_ue_status(status, max_message_bytes))).await;
                                     break;
                                 }
                             }
@@ -123,7 +126,7 @@ impl Edge for Proxy {
                 let mut from_edge = match upstream.generate(ReceiverStream::new(edge_rx)).await {
                     Ok(r) => r.into_inner(),
                     Err(status) => {
-                        let _ = to_ue.send(Err(status)).await;
+                        let _ = to_ue.send(Err(from_edge_status(status))).await;
                         return;
                     }
                 };
@@ -157,7 +160,7 @@ impl Edge for Proxy {
                             }
                             Ok(None) => break,
                             Err(status) => {
-                                let _ = to_ue.send(Err(status)).await;
+                                let _ = to_ue.send(Err(from_edge_status(status))).await;
                                 break;
                             }
                         }
@@ -175,6 +178,26 @@ impl Edge for Proxy {
 }
 
 /// Holds a message for `delay`; returns how long it really was held.
+/// What the UE hears when its own stream fails at the emulator: a message over the limit is
+/// RESOURCE_EXHAUSTED, as the edge says it (tonic's decoder calls it OUT_OF_RANGE).
+fn from_ue_status(s: Status, limit: usize) -> Status {
+    if s.code() == Code::OutOfRange && s.message().contains("too large") {
+        Status::resource_exhausted(format!("message exceeds the channel emulator's limit of {limit} bytes (EMU_MAX_MESSAGE_BYTES): {}", s.message()))
+    } else {
+        s
+    }
+}
+
+/// What the UE hears when the edge side fails. The edge's own refusals keep their code; a broken
+/// connection to the edge (which h2 and hyper report as UNKNOWN, e.g. "h2 protocol error") is a
+/// lost link, UNAVAILABLE, so the UE knows to resume or fail over.
+fn from_edge_status(s: Status) -> Status {
+    match s.code() {
+        Code::Unknown | Code::Cancelled => Status::unavailable(format!("the channel emulator lost its link to the edge: {}", s.message())),
+        _ => s,
+    }
+}
+
 async fn hold(delay: std::time::Duration) -> std::time::Duration {
     let started = std::time::Instant::now();
     tokio::time::sleep(delay).await;

@@ -21,14 +21,16 @@ pub struct TlsArgs {
     pub tls_ca: Option<PathBuf>,
     /// This process's certificate (PEM, chaining to the CA). With --tls-key, every server this
     /// process runs serves TLS only, and the certificate is presented when it dials a server.
-    #[arg(long, env = "TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    #[arg(long, env = "TLS_CERT", value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
     /// The private key (PEM) of --tls-cert.
-    #[arg(long, env = "TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    #[arg(long, env = "TLS_KEY", value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
     /// Mutual TLS: this process's servers refuse clients without a certificate signed by
     /// --tls-ca. Needs --tls-ca, --tls-cert and --tls-key.
-    #[arg(long, env = "TLS_REQUIRE_CLIENT_CERT", requires_all = ["tls_ca", "tls_cert"])]
+    // No clap `requires`: an environment variable set to "false" (compose does) counts as given.
+    // `Tls::load` checks the combinations instead.
+    #[arg(long, env = "TLS_REQUIRE_CLIENT_CERT")]
     pub tls_require_client_cert: bool,
 }
 
@@ -82,7 +84,6 @@ impl Tls {
                 read_pem("the certificate", cert, "CERTIFICATE")?,
                 read_pem("the private key", key, "PRIVATE KEY")?,
             )),
-            // clap's `requires` refuses one without the other; a struct built in code may not.
             (None, None) => None,
             _ => return Err(TlsError::Invalid("--tls-cert and --tls-key go together".into())),
         };

@@ -173,6 +173,12 @@ async fn oversized_messages_and_expired_sessions_are_refused() {
             Code::ResourceExhausted, "exceeds the edge's limit of 1048576 bytes").await;
     }
 
+    // The emulator's own limit is RESOURCE_EXHAUSTED too, in its own words.
+    let small = splitinfer_tests::Testbed::start_full(edge_server::EdgeConfig::for_tests(), |e| e.max_message_bytes = 1 << 20).await;
+    assert_refused(&small.emulator_url, vec![open(10, 500), activation(0, 10, rows(500, HIDDEN))], false,
+        Code::ResourceExhausted, "exceeds the channel emulator's limit of 1048576 bytes (EMU_MAX_MESSAGE_BYTES)").await;
+    small.shutdown().await;
+
     // A stream whose link is cut mid-prefill leaves its session for a resume, until it idles out.
     let (link_url, cut) = cuttable_link(&bed.edge_url).await;
     let (tx, rx) = mpsc::channel(4);

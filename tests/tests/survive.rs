@@ -256,3 +256,17 @@ async fn a_frozen_emulator_is_detected_within_the_deadline() {
     // Step timeout (1 s), then reconnecting until the deadline (2 s); the rest is slack for CI.
     assert!(took < Duration::from_secs(8), "detected {took:?} after the freeze");
 }
+
+/// An edge that dies behind the emulator is a lost link to the UE, UNAVAILABLE with words that
+/// say so, not the UNKNOWN "h2 protocol error" the broken connection gives the emulator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_edge_behind_the_emulator_reaches_the_ue_as_unavailable() {
+    let edge = shared(Server::edge(free_port(), &[]));
+    let edge_port = edge.lock().unwrap().port;
+    let emu = Server::emulator(free_port(), edge_port);
+    emu.ready().await;
+    let e = edge.clone();
+    let err = generate(&[emu.url()], Recovery::NONE, move || e.lock().unwrap().kill()).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Unavailable), "{err}");
+    assert!(err.to_string().contains("lost its link to the edge"), "{err}");
+}
