@@ -30,6 +30,11 @@ pub struct EdgeConfig {
     /// Sessions open at once; more are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "EDGE_MAX_SESSIONS", default_value_t = 256)]
     pub max_sessions: usize,
+    /// The KV cache all open sessions may grow to, together, in MiB. A session is admitted only
+    /// if its prompt_tokens + max_new_tokens positions, in every layer, fit beside the others';
+    /// otherwise RESOURCE_EXHAUSTED says how much is committed.
+    #[arg(long, env = "EDGE_KV_BUDGET_MIB", default_value_t = crate::worker::DEFAULT_KV_BUDGET_MIB)]
+    pub kv_budget_mib: u64,
     /// Rows of a prefill computed together. Prefills advance one layer of one chunk at a time
     /// between other sessions' decode steps, so a long prompt does not stall them; a message of
     /// more rows is computed in chunks of this many (deterministically, whatever the load).
@@ -73,6 +78,7 @@ impl EdgeConfig {
             max_message_bytes: 64 << 20,
             max_sessions: 256,
             prefill_chunk_rows: crate::worker::PREFILL_CHUNK_ROWS,
+            kv_budget_mib: crate::worker::DEFAULT_KV_BUDGET_MIB,
             grace_period_ms: 5_000,
             agent: None,
             name: "edge".into(),

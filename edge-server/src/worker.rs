@@ -178,11 +178,17 @@ pub struct WorkerOptions {
     pub calibration: Option<Arc<Calibration>>,
     /// See [`PREFILL_CHUNK_ROWS`].
     pub prefill_chunk_rows: usize,
+    /// The KV cache all open sessions may grow to, together, in MiB: a session is admitted only
+    /// if its prompt and `max_new_tokens` fit in every layer beside the others'.
+    pub kv_budget_mib: u64,
 }
+
+/// The default KV budget: 8 GiB, about 180,000 SmolLM2 positions.
+pub const DEFAULT_KV_BUDGET_MIB: u64 = 8192;
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self { max_sessions: 256, max_batch: MAX_DRAIN, calibration: None, prefill_chunk_rows: PREFILL_CHUNK_ROWS }
+        Self { max_sessions: 256, max_batch: MAX_DRAIN, calibration: None, prefill_chunk_rows: PREFILL_CHUNK_ROWS, kv_budget_mib: DEFAULT_KV_BUDGET_MIB }
     }
 }
 
@@ -242,6 +248,7 @@ impl Worker {
         std::thread::Builder::new().name("edge-model".into()).spawn(move || {
             let mut state = State::new(model, options.max_sessions, options.calibration);
             state.prefill_chunk = options.prefill_chunk_rows.max(1);
+            state.kv_budget = options.kv_budget_mib.saturating_mul(1 << 20);
             // Ends when every handle is dropped. While prefills are in progress the queue is only
             // polled: one layer of one prefill chunk runs between rounds, so a long prompt does
             // not stall other sessions' decode steps.
@@ -342,6 +349,8 @@ struct State {
     /// Prefill steps in progress, served a layer at a time in turn.
     prefills: VecDeque<prefill::Prefill>,
     prefill_chunk: usize,
+    /// What the open sessions' caches may grow to, together (see `open`).
+    kv_budget: u64,
 }
 
 /// 128 bits from the thread's CSPRNG (ChaCha, seeded from the OS), as hex.
@@ -389,6 +398,7 @@ impl State {
             expired: VecDeque::new(),
             prefills: VecDeque::new(),
             prefill_chunk: PREFILL_CHUNK_ROWS,
+            kv_budget: DEFAULT_KV_BUDGET_MIB << 20,
         }
     }
 
@@ -426,6 +436,12 @@ impl State {
                 let _ = reply.send(self.sessions.len());
             }
         }
+    }
+
+    /// KV cache bytes of `positions` positions in every layer (f32 keys and values).
+    fn kv_bytes(&self, positions: usize) -> u64 {
+        let c = self.model.model.config();
+        (positions * c.n_layers * 2 * c.n_kv_heads * c.head_dim * 4) as u64
     }
 
     fn missing(&self, id: &SessionId) -> EdgeError {
@@ -497,6 +513,21 @@ impl State {
             return Err(EdgeError::ResourceExhausted(format!(
                 "prompt_tokens {} + max_new_tokens {} exceeds the model's context of {limit}",
                 p.prompt_tokens, p.max_new_tokens
+            )));
+        }
+        // Admission by memory: a session's caches may grow to all its positions in every layer
+        // (a split change can move every layer here), and that is what it holds against the budget.
+        let need = self.kv_bytes(p.prompt_tokens + p.max_new_tokens);
+        let committed: u64 = self.sessions.values().map(|s| self.kv_bytes(s.prompt_tokens + s.max_new_tokens)).sum();
+        if committed + need > self.kv_budget {
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            return Err(EdgeError::ResourceExhausted(format!(
+                "this session could need {:.1} MiB of KV cache ({} positions), but {:.1} of the edge's {:.0} MiB budget (EDGE_KV_BUDGET_MIB) is committed to {} sessions",
+                mib(need),
+                p.prompt_tokens + p.max_new_tokens,
+                mib(committed),
+                mib(self.kv_budget),
+                self.sessions.len()
             )));
         }
         // Random, not counted: a client must not predict another's id from its own.

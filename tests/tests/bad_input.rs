@@ -418,3 +418,30 @@ async fn cuttable_link(url: &str) -> (String, tokio::task::JoinHandle<()>) {
     });
     (format!("http://{addr}"), task)
 }
+
+/// Sessions are admitted by the memory their caches may grow to, not only by their number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_admitted_by_the_kv_budget() {
+    let mut config = edge_server::EdgeConfig::for_tests();
+    // 1 MiB holds 22 SmolLM2 positions (30 layers x 2 x 3 heads x 64 x 4 B = 46,080 B each).
+    config.kv_budget_mib = 1;
+    let bed = Testbed::start_with(config).await;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(open(10, 8)).await.unwrap();
+    let mut first = client(&bed.edge_url).await.generate(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    opened(first.message().await.unwrap());
+    // 12 more positions would pass the budget; 8 more fit beside the first session's 12.
+    let st = session_status(&bed.edge_url, vec![open(10, 8)], false).await;
+    assert_eq!(st.code(), Code::ResourceExhausted, "{}", st.message());
+    assert!(
+        st.message().contains("could need 0.5 MiB of KV cache (12 positions)") && st.message().contains("EDGE_KV_BUDGET_MIB") && st.message().contains("committed to 1 sessions"),
+        "{}",
+        st.message()
+    );
+    let (tx2, rx2) = mpsc::channel(4);
+    tx2.send(open(10, 4)).await.unwrap();
+    let mut second = client(&bed.edge_url).await.generate(ReceiverStream::new(rx2)).await.unwrap().into_inner();
+    opened(second.message().await.unwrap());
+    drop((tx, tx2, first, second));
+    bed.shutdown().await;
+}
