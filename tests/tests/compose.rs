@@ -70,12 +70,18 @@ fn text(b: &[u8]) -> String {
 struct Testbed {
     project: String,
     env: Vec<(&'static str, String)>,
+    /// With `docker-compose.tls.yml` on top.
+    tls: bool,
 }
 
 impl Testbed {
     fn compose(&self) -> Command {
         let mut c = Command::new("docker-compose");
-        c.arg("-f").arg(deploy_dir().join("docker-compose.yml")).args(["-p", &self.project, "--ansi", "never"]);
+        c.arg("-f").arg(deploy_dir().join("docker-compose.yml"));
+        if self.tls {
+            c.arg("-f").arg(deploy_dir().join("docker-compose.tls.yml"));
+        }
+        c.args(["-p", &self.project, "--ansi", "never"]);
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
@@ -110,23 +116,18 @@ fn exit_code(container: &str, limit: Duration) -> i64 {
     text(&o.stdout).trim().parse().unwrap()
 }
 
-#[test]
-fn compose_testbed_adapts_the_split_and_survives_an_edge_restart() {
-    if let Some(reason) = docker_missing() {
-        eprintln!("SKIPPED compose_testbed: {reason}");
+/// The image, built once per test process from the binaries next to this test (cargo holds the
+/// build lock while tests run, so the script must not call cargo).
+fn build_image(started: Instant) {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if *built {
         return;
     }
-    let started = Instant::now();
-    let model = default_model();
-    let cache = model.parent().and_then(Path::parent).unwrap();
-    let model_file = model.strip_prefix(cache).unwrap().to_str().unwrap().to_string();
     let bin_dir = workspace_binary("edge-server").parent().unwrap().to_path_buf();
     for b in ["channel-emulator", "agent", "ue-client", "splitinfer"] {
         workspace_binary(b);
     }
-
-    // The image, from the binaries next to this test (cargo holds the build lock while tests
-    // run, so the script must not call cargo).
     let o = output_within(
         Command::new(deploy_dir().join("build-images.sh")).args(["--no-cargo", "--bin-dir"]).arg(&bin_dir),
         Duration::from_secs(300),
@@ -134,39 +135,130 @@ fn compose_testbed_adapts_the_split_and_survives_an_edge_restart() {
     assert!(o.status.success(), "deploy/build-images.sh failed:\n{}{}", text(&o.stdout), text(&o.stderr));
     eprint!("{}", text(&o.stderr));
     eprintln!("compose: image ready after {:.1} s", started.elapsed().as_secs_f64());
+    *built = true;
+}
 
+/// A testbed under the alternating scenario whose UE generates `tokens` tokens as JSON.
+fn testbed(name: &str, tokens: usize, tls: bool, extra: Vec<(&'static str, String)>) -> Testbed {
+    let model = default_model();
+    let cache = model.parent().and_then(Path::parent).unwrap();
+    let model_file = model.strip_prefix(cache).unwrap().to_str().unwrap().to_string();
     let unix_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
-    let tokens = 150;
-    let tb = Testbed {
-        project: format!("si-compose-{}-{unix_ms}", std::process::id()),
-        env: vec![
-            ("SPLITINFER_CACHE", cache.to_str().unwrap().to_string()),
-            ("MODEL_FILE", model_file),
-            ("SCENARIO", "alternating".into()),
-            ("EMU_ALTERNATE_MS", "1000".into()),
-            // Any free port on 127.0.0.1: several testbeds (and the demo scripts) can coexist.
-            ("EMU_PORT", "0".into()),
-            ("EMU_METRICS_PORT", "0".into()),
-            ("AGENT_PORT", "0".into()),
-            ("UE_MAX_NEW_TOKENS", tokens.to_string()),
-            ("UE_JSON", "true".into()),
-        ],
-    };
+    let mut env = vec![
+        ("SPLITINFER_CACHE", cache.to_str().unwrap().to_string()),
+        ("MODEL_FILE", model_file),
+        ("SCENARIO", "alternating".into()),
+        ("EMU_ALTERNATE_MS", "1000".into()),
+        // Any free port on 127.0.0.1: several testbeds (and the demo scripts) can coexist.
+        ("EMU_PORT", "0".into()),
+        ("EMU_METRICS_PORT", "0".into()),
+        ("AGENT_PORT", "0".into()),
+        ("UE_MAX_NEW_TOKENS", tokens.to_string()),
+        ("UE_JSON", "true".into()),
+    ];
+    env.extend(extra);
+    Testbed { project: format!("si-{name}-{}-{unix_ms}", std::process::id()), env, tls }
+}
 
-    // Up: edge, emulator, agent (each healthy before the next), then the UE.
-    tb.ok(&["up", "-d"], Duration::from_secs(240));
-    eprintln!("compose: testbed up after {:.1} s", started.elapsed().as_secs_f64());
+/// Waits for the one-shot UE of `tb` and returns its JSON report, checking it generated.
+fn ue_report(tb: &Testbed, tokens: usize) -> serde_json::Value {
     let ue = tb.ok(&["ps", "-q", "ue"], Duration::from_secs(30)).trim().to_string();
     assert!(!ue.is_empty(), "no ue container");
     let code = exit_code(&ue, Duration::from_secs(180));
     let logs = docker(&["logs", &ue], Duration::from_secs(30));
     assert_eq!(code, 0, "the UE failed:\n{}{}", text(&logs.stdout), text(&logs.stderr));
-    eprintln!("compose: UE done after {:.1} s", started.elapsed().as_secs_f64());
     let report: serde_json::Value = serde_json::from_slice(&logs.stdout)
         .unwrap_or_else(|e| panic!("the UE's stdout is not its JSON report ({e}):\n{}", text(&logs.stdout)));
     let generated = report["tokens"].as_array().unwrap().len();
     assert!(generated == tokens || report["stopped_at_eos"] == true, "{generated} tokens of {tokens}: {report}");
     assert!(!report["text"].as_str().unwrap().trim().is_empty(), "{report}");
+    report
+}
+
+#[test]
+fn compose_testbed_runs_with_tls_on_every_link() {
+    if let Some(reason) = docker_missing() {
+        eprintln!("SKIPPED compose_testbed_runs_with_tls_on_every_link: {reason}");
+        return;
+    }
+    let started = Instant::now();
+    build_image(started);
+    // One certificate for every service name, as deploy/README.md says. The containers run as
+    // uid 10001 and the key is written 0600: hand it to that user, as a deployment would.
+    let certs = std::env::temp_dir().join(format!("si-compose-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&certs);
+    let o = Command::new(workspace_binary("splitinfer"))
+        .args(["certs", "--out"])
+        .arg(&certs)
+        .args(["--name", "testbed", "--san", "edge,emulator,agent"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "splitinfer certs: {}", text(&o.stderr));
+    let key = certs.join("testbed.key");
+    if let Err(e) = std::os::unix::fs::chown(&key, Some(10001), Some(10001)) {
+        eprintln!("compose: cannot chown the key to the containers' uid ({e}); making this throwaway key readable instead");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let tokens = 60;
+    let tb = testbed("compose-tls", tokens, true, vec![("CERTS_DIR", certs.display().to_string()), ("SCHEME", "https".into()), ("TLS_REQUIRE_CLIENT_CERT", "true".into())]);
+    // Every service healthy over TLS (the health checks dial https://), then the UE through the
+    // emulator, following the agent: every link is TLS, with client certificates required.
+    tb.ok(&["up", "-d"], Duration::from_secs(240));
+    let report = ue_report(&tb, tokens);
+    eprintln!("compose-tls: {} tokens over TLS after {:.1} s", report["tokens"].as_array().unwrap().len(), started.elapsed().as_secs_f64());
+
+    // From the host: the agent answers a client with the CA and a certificate, and refuses one
+    // without a certificate and a plaintext one.
+    let port = tb.ok(&["port", "agent", "50053"], Duration::from_secs(30)).trim().to_string();
+    let url = format!("https://{port}");
+    let args = |cert: bool| splitinfer_telemetry::TlsArgs {
+        tls_ca: Some(certs.join("ca.pem")),
+        tls_cert: cert.then(|| certs.join("testbed.pem")),
+        tls_key: cert.then(|| key.clone()),
+        tls_require_client_cert: false,
+    };
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let status = |tls: splitinfer_telemetry::Tls| {
+            let url = url.clone();
+            async move {
+                let channel = tls.endpoint(&url).map_err(|e| e.to_string())?.connect().await.map_err(|e| format!("{e:?}"))?;
+                pb::agent_client::AgentClient::new(channel).status(pb::StatusRequest { history: 0 }).await.map(|r| r.into_inner()).map_err(|s| format!("{s:?}"))
+            }
+        };
+        let s = status(splitinfer_telemetry::Tls::load(&args(true)).unwrap()).await.unwrap();
+        assert!(s.stats_connected, "the agent reads the emulator's statistics over TLS: {s:?}");
+        assert!(s.subscribers.iter().any(|x| x.role == pb::Role::Edge as i32 && x.connected), "the edge follows the agent over TLS: {:?}", s.subscribers);
+        assert!(status(splitinfer_telemetry::Tls::load(&args(false)).unwrap()).await.is_err(), "a client without a certificate was served");
+        let plain = format!("http://{port}");
+        let refused = async {
+            let channel = tonic::transport::Endpoint::from_shared(plain).unwrap().connect().await.map_err(|e| e.to_string())?;
+            pb::agent_client::AgentClient::new(channel).status(pb::StatusRequest { history: 0 }).await.map_err(|s| s.to_string())
+        };
+        assert!(refused.await.is_err(), "plaintext was served");
+    });
+    drop(tb);
+    let _ = std::fs::remove_dir_all(&certs);
+    eprintln!("compose-tls: done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn compose_testbed_adapts_the_split_and_survives_an_edge_restart() {
+    if let Some(reason) = docker_missing() {
+        eprintln!("SKIPPED compose_testbed: {reason}");
+        return;
+    }
+    let started = Instant::now();
+    build_image(started);
+    let tokens = 150;
+    let tb = testbed("compose", tokens, false, Vec::new());
+
+    // Up: edge, emulator, agent (each healthy before the next), then the UE.
+    tb.ok(&["up", "-d"], Duration::from_secs(240));
+    eprintln!("compose: testbed up after {:.1} s", started.elapsed().as_secs_f64());
+    let report = ue_report(&tb, tokens);
+    let generated = report["tokens"].as_array().unwrap().len();
+    eprintln!("compose: UE done after {:.1} s", started.elapsed().as_secs_f64());
     let migrations: Vec<(u64, u64)> = report["migrations"]
         .as_array()
         .unwrap()

@@ -11,7 +11,7 @@ fn the_fuzzer_runs_every_target_without_a_crash() {
     let out = Command::new(workspace_binary("fuzz")).args(["--seconds", "1", "--crashes"]).arg(&crashes).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "fuzz failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    for target in ["ue-message", "wire", "edge-message", "control", "trace", "thresholds"] {
+    for target in ["ue-message", "wire", "edge-message", "control", "trace", "thresholds", "policy"] {
         let line = stdout.lines().find(|l| l.starts_with(&format!("{target},"))).unwrap_or_else(|| panic!("no line for {target}:\n{stdout}"));
         let f: Vec<&str> = line.split(',').collect();
         let (execs, refused): (u64, u64) = (f[1].parse().unwrap(), f[4].parse().unwrap());

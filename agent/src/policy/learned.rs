@@ -169,6 +169,16 @@ impl PolicyFile {
         })
     }
 
+    /// Validates `bytes` as a policy file's contents, as [`PolicyFile::load`] does, with the
+    /// reason as text (for tools and the fuzzer, which have no path to name).
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        Self::from_bytes(bytes).map_err(|e| match e {
+            FromBytes::NotSafetensors(reason) => format!("not a safetensors file: {reason}"),
+            FromBytes::Metadata(what) | FromBytes::Policy(PolicyFileError::Invalid { what, .. }) => what,
+            FromBytes::Policy(e) => e.to_string(),
+        })
+    }
+
     fn from_bytes(bytes: &[u8]) -> Result<Self, FromBytes> {
         let st = SafeTensors::deserialize(bytes).map_err(|e| FromBytes::NotSafetensors(e.to_string()))?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| FromBytes::NotSafetensors(e.to_string()))?;

@@ -42,6 +42,7 @@ const TARGETS: &[Target] = &[
     Target { name: "control", what: "prost decode of SetChannelRequest, Subscribe and Override requests", seeds: control_seeds, run: run_control },
     Target { name: "trace", what: "the emulator's trace CSV parser", seeds: trace_seeds, run: run_trace },
     Target { name: "thresholds", what: "the agent's threshold table parser", seeds: threshold_seeds, run: run_thresholds },
+    Target { name: "policy", what: "the agent's learned-policy file (safetensors + metadata) parser", seeds: policy_seeds, run: run_policy },
 ];
 
 // ---- seeds -------------------------------------------------------------------------------
@@ -187,6 +188,16 @@ fn threshold_seeds() -> Vec<Vec<u8>> {
 
 fn run_thresholds(data: &[u8]) -> Result<(), String> {
     agent::policy::threshold::Table::parse(std::path::Path::new("fuzz.csv"), &String::from_utf8_lossy(data)).map(|_| ()).map_err(|e| e.to_string())
+}
+
+fn policy_seeds() -> Vec<Vec<u8>> {
+    // The policy the repository ships, trained by `splitinfer rl report`.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/rl/smollm2-135m/policy-mb-ppo.safetensors");
+    vec![std::fs::read(path).unwrap_or_else(|e| panic!("the seed policy {path}: {e}"))]
+}
+
+fn run_policy(data: &[u8]) -> Result<(), String> {
+    agent::policy::learned::PolicyFile::parse(data).map(|_| ())
 }
 
 // ---- mutation ------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-//! `soak`: many UE sessions through the real emulator and edge binaries for a long time, to find
-//! leaks, stuck sessions and rare errors. Each of `--sessions` UEs (in this process) loops
-//! generations of `--tokens` greedy tokens at its own split through an impaired channel
-//! (`--preset`), with resume and replay on; the run reports tokens, errors by kind, per-token
-//! latency, and the edge's and emulator's resident memory after warm-up and at the end.
+//! `soak`: many UE sessions through the real emulator, edge and agent binaries for a long time, to
+//! find leaks, stuck sessions and rare errors. The emulator alternates between the bad and the
+//! good preset every `--alternate-ms`, the agent (threshold policy, deploy/thresholds.csv) moves
+//! the split with it, and each of `--sessions` UEs (in this process) follows the agent while it
+//! loops generations of `--tokens` greedy tokens, with resume and replay on. The run reports
+//! tokens, split changes, errors by kind, per-token latency, and the edge's and emulator's
+//! resident memory after warm-up and at the end; it exits 1 on any error.
 //!
 //!   cargo run --release -p splitinfer-tests --bin soak -- --sessions 16 --minutes 10
 //!
@@ -27,11 +29,11 @@ struct Args {
     sessions: usize,
     minutes: f64,
     tokens: usize,
-    preset: String,
+    alternate_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { sessions: 16, minutes: 10.0, tokens: 64, preset: "good".into() };
+    let mut a = Args { sessions: 16, minutes: 10.0, tokens: 64, alternate_ms: 5000 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -39,16 +41,16 @@ fn parse_args() -> Result<Args, String> {
             "--sessions" => a.sessions = value()?.parse().map_err(|e| format!("--sessions: {e}"))?,
             "--minutes" => a.minutes = value()?.parse().map_err(|e| format!("--minutes: {e}"))?,
             "--tokens" => a.tokens = value()?.parse().map_err(|e| format!("--tokens: {e}"))?,
-            "--preset" => a.preset = value()?,
+            "--alternate-ms" => a.alternate_ms = value()?.parse().map_err(|e| format!("--alternate-ms: {e}"))?,
             "--help" | "-h" => {
-                println!("soak [--sessions N (16)] [--minutes M (10)] [--tokens per generation (64)] [--preset emulator preset (good)]");
+                println!("soak [--sessions N (16)] [--minutes M (10)] [--tokens per generation (64)] [--alternate-ms bad/good period (5000)]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
-    if a.sessions == 0 || a.tokens == 0 || !(a.minutes > 0.0) {
-        return Err("--sessions, --tokens and --minutes must be positive".into());
+    if a.sessions == 0 || a.tokens == 0 || a.alternate_ms == 0 || !(a.minutes > 0.0) {
+        return Err("--sessions, --tokens, --alternate-ms and --minutes must be positive".into());
     }
     Ok(a)
 }
@@ -81,6 +83,7 @@ struct Counters {
     generations: AtomicU64,
     resumes: AtomicU64,
     replays: AtomicU64,
+    migrations: AtomicU64,
     errors: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     latencies_us: std::sync::Mutex<Vec<u64>>,
 }
@@ -102,7 +105,7 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let (edge_port, emu_port) = (free_port(), free_port());
+    let (edge_port, emu_port, agent_port) = (free_port(), free_port(), free_port());
     let edge = Proc(
         Command::new(sibling("edge-server"))
             .args(["--listen", &format!("127.0.0.1:{edge_port}"), "--model", &default_model().display().to_string()])
@@ -113,12 +116,24 @@ async fn main() {
     );
     let emu = Proc(
         Command::new(sibling("channel-emulator"))
-            .args(["--listen", &format!("127.0.0.1:{emu_port}"), "--edge", &format!("http://127.0.0.1:{edge_port}"), "--channel", "--preset", &args.preset])
+            .args(["--listen", &format!("127.0.0.1:{emu_port}"), "--edge", &format!("http://127.0.0.1:{edge_port}")])
+            .args(["--alternate-ms", &args.alternate_ms.to_string()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("start channel-emulator"),
     );
+    let thresholds = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/thresholds.csv");
+    let _agent = Proc(
+        Command::new(sibling("agent"))
+            .args(["--listen", &format!("127.0.0.1:{agent_port}"), "--emulator", &format!("http://127.0.0.1:{emu_port}")])
+            .args(["--policy", "threshold", "--thresholds", thresholds, "--n-layers", "30", "--stats-period-ms", "200", "--min-dwell-ms", "500"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start agent"),
+    );
+    let agent_url = format!("http://127.0.0.1:{agent_port}");
     let url = format!("http://127.0.0.1:{emu_port}");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -136,18 +151,20 @@ async fn main() {
     let n_layers = shared_model().model.n_layers();
     let mut tasks = Vec::new();
     for i in 0..args.sessions {
-        let (url, counters, stop, tokens) = (url.clone(), counters.clone(), stop.clone(), args.tokens);
+        let (url, counters, stop, tokens, agent_url) = (url.clone(), counters.clone(), stop.clone(), args.tokens, agent_url.clone());
         tasks.push(tokio::spawn(async move {
             let endpoints = ue_client::Endpoints { urls: vec![url], tls: Default::default(), max_message_bytes: 64 << 20, connect_timeout: Duration::from_secs(5) };
             let recovery = ue_client::Recovery::new(Duration::from_secs(30), Duration::from_secs(60));
+            // Where each UE starts before the agent's first decision reaches it.
             let k = 1 + (i * 7) % (n_layers - 1);
+            let follower = agent::Follower::spawn(agent_url, format!("soak-{i}"), pb::Role::Ue, tokio_util::sync::CancellationToken::new());
             while !stop.load(Ordering::Relaxed) {
                 let mut req = greedy_request(PROMPTS[i % PROMPTS.len()], k, tokens);
                 req.ignore_eos = true;
                 req.client = format!("soak-{i}");
                 let mut last = Instant::now();
                 let mut lat = Vec::with_capacity(tokens);
-                let r = ue_client::generate_resilient(&endpoints, recovery, shared_model(), req, &ue_client::FixedSplit, |_| {
+                let r = ue_client::generate_resilient(&endpoints, recovery, shared_model(), req, &follower, |_| {
                     let now = Instant::now();
                     lat.push((now - last).as_micros() as u64);
                     last = now;
@@ -159,6 +176,7 @@ async fn main() {
                         counters.generations.fetch_add(1, Ordering::Relaxed);
                         counters.resumes.fetch_add(report.resumes as u64, Ordering::Relaxed);
                         counters.replays.fetch_add(report.replays as u64, Ordering::Relaxed);
+                        counters.migrations.fetch_add(report.migrations.len() as u64, Ordering::Relaxed);
                         // The first "latency" is the prefill; keep decode steps only.
                         counters.latencies_us.lock().unwrap().extend(lat.into_iter().skip(1));
                     }
@@ -206,11 +224,15 @@ async fn main() {
     let errors = counters.errors.lock().unwrap().clone();
     let error_count: u64 = errors.values().sum();
     println!("| figure | value |\n|---|---|");
-    println!("| sessions at once | {} (splits 1..{} spread, preset `{}`, {} tokens per generation) |", args.sessions, n_layers - 1, args.preset, args.tokens);
+    println!(
+        "| sessions at once | {} ({} tokens per generation; the channel alternates bad/good every {} ms; the agent's threshold policy moves the split) |",
+        args.sessions, args.tokens, args.alternate_ms
+    );
     println!("| duration | {:.1} min (memory reference taken after {:.0} s of warm-up) |", started.elapsed().as_secs_f64() / 60.0, warm.as_secs_f64());
     println!("| tokens | {tokens} ({:.1} tok/s after warm-up) |", (tokens - tokens_at_warm) as f64 / measured_s);
     println!("| generations completed | {} |", counters.generations.load(Ordering::Relaxed));
     println!("| errors | {error_count} {errors:?} |");
+    println!("| split changes (live migrations) | {} |", counters.migrations.load(Ordering::Relaxed));
     println!("| resumes / replays | {} / {} |", counters.resumes.load(Ordering::Relaxed), counters.replays.load(Ordering::Relaxed));
     println!("| per-token latency p50 / p99 | {:.1} / {:.1} ms |", percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
     println!("| edge resident memory, after warm-up → end | {edge_start:.0} → {edge_end:.0} MiB |");
