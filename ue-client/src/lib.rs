@@ -289,14 +289,19 @@ async fn replay_all(
     generated: &[u32],
     keep_log: bool,
 ) -> Result<(UeModel, Option<pb::Token>), UeError> {
-    loop {
+    let started = Instant::now();
+    let out = loop {
         match session::replay(conn, model, req, split, history, generated, keep_log).await {
             Err(e) if session::broken(&e) => {
-                conn.recover(model, req, split, e, true).await?;
+                if let Err(e) = conn.recover(model, req, split, e, true).await {
+                    break Err(e);
+                }
             }
-            r => return r,
+            r => break r,
         }
-    }
+    };
+    conn.replay_time += started.elapsed();
+    out
 }
 
 async fn run(
@@ -478,6 +483,7 @@ async fn run(
         bytes_down: conn.bytes_down,
         resumes: conn.resumes,
         replays: conn.replays,
+        replay_ms: conn.replay_time.as_secs_f64() * 1e3,
         elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
     })
 }

@@ -63,6 +63,8 @@ pub struct GenerationReport {
     /// Times the link broke and the session was resumed, or replayed into a new one.
     pub resumes: usize,
     pub replays: usize,
+    /// Time spent replaying past steps into new sessions (0 without a replay).
+    pub replay_ms: f64,
     pub elapsed_ms: f64,
 }
 

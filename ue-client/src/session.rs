@@ -111,6 +111,8 @@ pub(crate) struct Conn<'a> {
     pub bytes_down: u64,
     pub resumes: usize,
     pub replays: usize,
+    /// Time spent in replays, reconnections during them included.
+    pub replay_time: Duration,
 }
 
 impl<'a> Conn<'a> {
@@ -127,6 +129,7 @@ impl<'a> Conn<'a> {
             bytes_down: 0,
             resumes: 0,
             replays: 0,
+            replay_time: Duration::ZERO,
         }
     }
 
