@@ -4,6 +4,7 @@
 
 mod agent;
 mod calibrate;
+mod privacy;
 mod certs;
 mod figure;
 mod health;
@@ -66,6 +67,10 @@ enum Command {
     /// text), for the transmitter's standardization and the receiver's mean concealment; also
     /// prints what an erased element costs with zero-fill against mean-fill at each k.
     Calibrate(calibrate::CalibrateArgs),
+    /// How many input tokens an eavesdropper recovers from the hidden state after layer k
+    /// (nearest-embedding inversion and a linear probe fitted on calibration text), at every k,
+    /// and the privacy floor k_min for a target recovery rate. Resumable.
+    Privacy(privacy::PrivacyArgs),
     /// Write a generated mobility trace (t_ms,snr_db,m) as CSV, the format the emulator's
     /// --trace replays.
     Trace {
@@ -324,6 +329,7 @@ fn run(command: Command) -> Result<()> {
         Command::Ppl(args) => run_ppl(args),
         Command::Figure3(args) => run_figure3(args),
         Command::Calibrate(args) => calibrate::run(args),
+        Command::Privacy(args) => privacy::run(args),
         Command::Certs(args) => certs::run(&args),
         Command::Trace { mobility, duration_s, step_ms, seed, out } => {
             let m = if mobility == "vehicular" { Mobility::VEHICULAR } else { Mobility::PEDESTRIAN };

@@ -18,6 +18,8 @@
 //! - [`sampling`]: greedy and seeded temperature / top-k / top-p sampling.
 //! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary (the grids of
 //!   split points × links are in `splitinfer-rl`).
+//! - [`privacy`]: token-inversion attacks on the boundary state (nearest embedding, a linear
+//!   probe), the privacy floor of the split decision.
 //! - [`bundle`]: a loaded model with its tokenizer and identity, and model resolution.
 //! - [`assets`] and [`corpus`]: fetching the model and the Brown corpus into a cache, and turning
 //!   the tagged corpus back into text.
@@ -32,6 +34,7 @@ pub mod error;
 pub mod migrate;
 pub mod model;
 pub mod perplexity;
+pub mod privacy;
 pub mod pipeline;
 pub mod sampling;
 pub mod split;
