@@ -42,6 +42,14 @@ pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The latest decision a subscriber acknowledged, and when.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ack {
+    epoch: u64,
+    k: u32,
+    unix_ms: u64,
+}
+
 #[derive(Debug)]
 struct Subscriber {
     role: pb::Role,
@@ -49,7 +57,7 @@ struct Subscriber {
     /// Which subscription (a resubscription under the same name replaces the old one, whose
     /// stream must then not mark the new one disconnected).
     generation: u64,
-    acked: Option<(u64, u32, u64)>,
+    acked: Option<Ack>,
     /// Cancelled when a newer subscription under the same name replaces this one.
     replaced: CancellationToken,
 }
@@ -266,8 +274,8 @@ impl AgentState {
         }
         let s = self.subscribers.get_mut(name).expect("checked above");
         // An older epoch is accepted (acks may cross) but never lowers the record.
-        if s.acked.is_none_or(|(e, _, _)| epoch >= e) {
-            s.acked = Some((epoch, k, unix_ms()));
+        if s.acked.is_none_or(|a| epoch >= a.epoch) {
+            s.acked = Some(Ack { epoch, k, unix_ms: unix_ms() });
             tracing::info!(subscriber = name, epoch, k, "acknowledged");
         }
         Ok(())
@@ -306,8 +314,8 @@ impl AgentState {
                 .subscribers
                 .iter()
                 .map(|(name, s)| {
-                    let (acked_epoch, acked_k, acked_unix_ms) = s.acked.unwrap_or_default();
-                    pb::SubscriberStatus { name: name.clone(), role: s.role.into(), connected: s.connected, acked_epoch, acked_k, acked_unix_ms }
+                    let a = s.acked.unwrap_or_default();
+                    pb::SubscriberStatus { name: name.clone(), role: s.role.into(), connected: s.connected, acked_epoch: a.epoch, acked_k: a.k, acked_unix_ms: a.unix_ms }
                 })
                 .collect(),
             history: self.history.iter().skip(self.history.len() - n).cloned().collect(),

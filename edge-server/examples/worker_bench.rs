@@ -46,7 +46,7 @@ async fn session(
     let opened = worker
         .open(OpenParams {
             split: model.model.split_point(k)?,
-            epoch: 0,
+            epoch: split_core::split::Epoch::ZERO,
             sampling: SamplingConfig::GREEDY,
             max_new_tokens: steps + 1,
             ignore_eos: false,
@@ -71,8 +71,7 @@ async fn session(
             .step(StepInput {
                 session: opened.id.clone(),
                 position,
-                k,
-                epoch: 0,
+                split: split_core::split::Split::new(k, 0),
                 hidden: WireTensor::from_tensor(&x, WireDType::F32)?,
                 erased: Vec::new(),
                 enqueued: Instant::now(),

@@ -93,10 +93,10 @@ impl EdgeMetrics {
         self.message_bytes.get_or_create(&l).observe(bytes as f64);
     }
 
-    pub fn session_split(&self, session: &str, k: usize, epoch: u64) {
+    pub fn session_split(&self, session: &str, split: split_core::split::Split) {
         let l = vec![("session", session.to_string())];
-        self.session_split.get_or_create(&l).set(k as i64);
-        self.session_epoch.get_or_create(&l).set(epoch as i64);
+        self.session_split.get_or_create(&l).set(split.k as i64);
+        self.session_epoch.get_or_create(&l).set(split.epoch.get() as i64);
     }
 
     pub fn stream_opened(&self) {

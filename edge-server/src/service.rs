@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use split_core::bundle::LoadedModel;
 use split_core::sampling::SamplingConfig;
+use split_core::split::{Epoch, Split};
 use split_core::transform::LinkSetup;
 use split_core::wire::WireTensor;
 use splitinfer_proto::v1 as pb;
@@ -137,7 +138,7 @@ impl SessionTask {
         let id = opened.id.clone();
         tracing::Span::current().record("id", tracing::field::display(&id)).record("split", k);
         tracing::info!(position = opened.position, "session open");
-        self.metrics.session_split(&id.to_string(), k, open_epoch);
+        self.metrics.session_split(&id.to_string(), Split { k, epoch: open_epoch });
         let c = self.model.model.config();
         self.send(
             &id,
@@ -163,7 +164,7 @@ impl SessionTask {
 
         // Emulated uplink air time of the activations since the last token, echoed back with it.
         let mut uplink_delay_us = 0u64;
-        let mut last_split = (k, open_epoch);
+        let mut last_split = Split { k, epoch: open_epoch };
         loop {
             let Ok(next) = tokio::time::timeout(self.step_timeout, self.next(inbound, Some(&id))).await else {
                 let ms = self.step_timeout.as_millis();
@@ -195,14 +196,14 @@ impl SessionTask {
                 Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) => a,
                 Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(m)) }) => {
                     let input = migrate_input(&id, m).map_err(|e| (Some(id.clone()), Status::from(e)))?;
-                    let to = pb::Split { k: input.to.0 as u32, epoch: input.to.1 };
+                    let to = input.to;
                     let position = input.position as u64;
                     let method = input.method.to_string();
                     let out = self.worker.migrate(input).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
                     tracing::Span::current().record("split", to.k);
                     self.metrics.split_change(&method);
-                    self.metrics.session_split(&id.to_string(), to.k as usize, to.epoch);
-                    last_split = (to.k as usize, to.epoch);
+                    self.metrics.session_split(&id.to_string(), to);
+                    last_split = to;
                     let kv = out
                         .kv
                         .into_iter()
@@ -211,7 +212,7 @@ impl SessionTask {
                     self.send(
                         &id,
                         pb::edge_message::Kind::Migrated(pb::Migrated {
-                            split: Some(to),
+                            split: Some(to.into()),
                             position,
                             kv,
                             edge_compute_us: out.compute.as_micros() as u64,
@@ -224,16 +225,16 @@ impl SessionTask {
             };
             uplink_delay_us += activation.uplink_delay_us;
             let step = self.step_input(&id, activation).map_err(|e| (Some(id.clone()), Status::from(e)))?;
-            let (prefill, step_k, step_epoch, enqueued) = (step.position < prompt_tokens, step.k, step.epoch, step.enqueued);
+            let (prefill, step_split, enqueued) = (step.position < prompt_tokens, step.split, step.enqueued);
             let out = self.worker.step(step).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
             match &out {
                 Some(t) => self.metrics.step(prefill, t.queue, t.compute, t.batch),
                 // A prefill chunk before the last: the worker reports no split of its time.
                 None => self.metrics.step(prefill, std::time::Duration::ZERO, enqueued.elapsed(), 1),
             }
-            if (step_k, step_epoch) != last_split {
-                last_split = (step_k, step_epoch);
-                self.metrics.session_split(&id.to_string(), step_k, step_epoch);
+            if step_split != last_split {
+                last_split = step_split;
+                self.metrics.session_split(&id.to_string(), step_split);
             }
             if let Some(t) = out {
                 self.metrics.token();
@@ -325,7 +326,7 @@ impl SessionTask {
         }
         Ok(OpenParams {
             split,
-            epoch: open_split.epoch,
+            epoch: Epoch(open_split.epoch),
             sampling,
             max_new_tokens: open.max_new_tokens as usize,
             ignore_eos: open.ignore_eos,
@@ -345,8 +346,7 @@ impl SessionTask {
         Ok(StepInput {
             session: id.clone(),
             position: a.position as usize,
-            k: split.k as usize,
-            epoch: split.epoch,
+            split: split.into(),
             hidden,
             erased: a.erased.to_vec(),
             enqueued: Instant::now(),
@@ -394,8 +394,8 @@ fn migrate_input(id: &SessionId, m: pb::Migrate) -> Result<MigrateInput, EdgeErr
     }
     Ok(MigrateInput {
         session: id.clone(),
-        from: (from.k as usize, from.epoch),
-        to: (to.k as usize, to.epoch),
+        from: from.into(),
+        to: to.into(),
         position: m.position as usize,
         method,
         kv,

@@ -24,7 +24,7 @@ use split_core::bundle::LoadedModel;
 use split_core::migrate::{self, Method};
 use split_core::model::{KvCache, LayerKv};
 use split_core::sampling::{Sampler, SamplingConfig};
-use split_core::split::SplitPoint;
+use split_core::split::{Epoch, Split, SplitPoint};
 use split_core::calibration::Calibration;
 use split_core::transform::LinkSetup;
 use split_core::wire::{CandleWire, WireDType, WireTensor};
@@ -54,7 +54,7 @@ impl fmt::Display for SessionId {
 #[derive(Debug, Clone)]
 pub struct OpenParams {
     pub split: SplitPoint,
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub sampling: SamplingConfig,
     pub max_new_tokens: usize,
     /// Generation goes on past end-of-sequence tokens until `max_new_tokens`.
@@ -93,8 +93,8 @@ pub struct LastToken {
 pub struct StepInput {
     pub session: SessionId,
     pub position: usize,
-    pub k: usize,
-    pub epoch: u64,
+    /// The split the UE computed this activation at.
+    pub split: Split,
     pub hidden: WireTensor,
     /// One bit per element the channel erased (LSB first), for concealment; empty: none.
     pub erased: Vec<u8>,
@@ -132,8 +132,8 @@ pub struct WireKv {
 #[derive(Debug)]
 pub struct MigrateInput {
     pub session: SessionId,
-    pub from: (usize, u64),
-    pub to: (usize, u64),
+    pub from: Split,
+    pub to: Split,
     pub position: usize,
     pub method: Method,
     /// TRANSFER toward the edge: the moved layers' entries.
@@ -317,7 +317,7 @@ impl Worker {
 struct Session {
     split: SplitPoint,
     /// Split epoch of the latest activation or migration; never decreases.
-    epoch: u64,
+    epoch: Epoch,
     /// Element type of the UE's activations, in which moved caches go back to it.
     wire: WireDType,
     /// The receiver's half of the link: undo the UE's normalization, conceal lost elements.
@@ -571,7 +571,7 @@ impl State {
         let model = &self.model.model;
         let sess = self.sessions.get_mut(&s.session).ok_or_else(|| EdgeError::Internal(format!("session {} vanished", s.session)))?;
         let h = model.run_layers(&checked.x, &mut sess.cache)?;
-        sess.epoch = s.epoch;
+        sess.epoch = s.split.epoch;
         sess.wire = s.hidden.dtype().for_caches();
         let end = checked.position + checked.rows;
         if end < sess.prompt_tokens {
@@ -591,18 +591,18 @@ impl State {
         let sess = self.sessions.get_mut(&s.session).ok_or(missing)?;
         sess.last_active = Instant::now();
         let id = &s.session;
-        if s.k != sess.split.k() {
+        if s.split.k != sess.split.k() {
             return Err(EdgeError::FailedPrecondition(format!(
                 "activation computed with split k={} but session {id} runs k={} (epoch {}); a split change is announced with a migrate message first",
-                s.k,
+                s.split.k,
                 sess.split.k(),
                 sess.epoch
             )));
         }
-        if s.epoch < sess.epoch {
+        if s.split.epoch < sess.epoch {
             return Err(EdgeError::InvalidArgument(format!(
                 "activation names split epoch {} but session {id} is already at epoch {}",
-                s.epoch, sess.epoch
+                s.split.epoch, sess.epoch
             )));
         }
         let pos = sess.cache.position();
@@ -674,7 +674,7 @@ impl State {
         let sess = self.sessions.get_mut(&m.session).ok_or(missing)?;
         sess.last_active = Instant::now();
         let id = &m.session;
-        let (from, to) = (m.from.0, m.to.0);
+        let (from, to) = (m.from.k, m.to.k);
         if from != sess.split.k() {
             return Err(EdgeError::FailedPrecondition(format!(
                 "migrate from split k={from} but session {id} runs k={}",
@@ -685,11 +685,11 @@ impl State {
         if to == from {
             return Err(EdgeError::InvalidArgument(format!("migrate to the split session {id} already runs (k={to})")));
         }
-        if m.to.1 < sess.epoch || m.to.1 < m.from.1 {
+        if m.to.epoch < sess.epoch || m.to.epoch < m.from.epoch {
             return Err(EdgeError::InvalidArgument(format!(
                 "migrate to split epoch {} but session {id} is already at epoch {}",
-                m.to.1,
-                sess.epoch.max(m.from.1)
+                m.to.epoch,
+                sess.epoch.max(m.from.epoch)
             )));
         }
         let pos = sess.cache.position();
@@ -756,11 +756,11 @@ impl State {
         }
         debug_assert_eq!(sess.cache.range(), to_split.edge_layers(n_layers));
         tracing::info!(
-            session = %id, from, to, epoch = m.to.1, method = %m.method, position = pos,
+            session = %id, from, to, epoch = m.to.epoch.get(), method = %m.method, position = pos,
             compute_ms = started.elapsed().as_secs_f64() * 1e3, "split changed"
         );
         sess.split = to_split;
-        sess.epoch = m.to.1;
+        sess.epoch = m.to.epoch;
         Ok(MigrateOut { kv: out, compute: started.elapsed() })
     }
 

@@ -6,6 +6,19 @@ use splitinfer_proto::v1 as pb;
 
 use crate::error::{Error, Result};
 use crate::sampling::SamplingConfig;
+use crate::split::{Epoch, Split};
+
+impl From<Split> for pb::Split {
+    fn from(s: Split) -> Self {
+        pb::Split { k: s.k as u32, epoch: s.epoch.0 }
+    }
+}
+
+impl From<pb::Split> for Split {
+    fn from(s: pb::Split) -> Self {
+        Split { k: s.k as usize, epoch: Epoch(s.epoch) }
+    }
+}
 
 impl From<SamplingConfig> for pb::Sampling {
     fn from(s: SamplingConfig) -> Self {
@@ -42,5 +55,13 @@ mod tests {
         let s = SamplingConfig::try_from(pb::Sampling { temperature: 0.7, top_k: 0, top_p: 1.0, seed: 3 }).unwrap();
         assert_eq!(s, SamplingConfig { temperature: 0.7, top_k: None, top_p: None, seed: 3 });
         assert!(SamplingConfig::try_from(pb::Sampling { temperature: -1.0, ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn a_split_round_trips_through_the_wire() {
+        let s = Split::new(17, u64::MAX - 1);
+        assert_eq!(Split::from(pb::Split::from(s)), s);
+        assert!(Split::new(3, 2).supersedes(Split::new(9, 1)));
+        assert!(!Split::new(3, 2).supersedes(Split::new(3, 2)));
     }
 }

@@ -3,7 +3,8 @@
 //! - [`model`]: a GGUF decoder-only LLM (llama, qwen2) whose split is its API — `embed`, run any
 //!   contiguous range of layers with that range's own [`model::KvCache`], `head`.
 //! - [`tokenizer`]: the byte-level BPE tokenizer rebuilt from the GGUF's own metadata.
-//! - [`split`]: the split point `k` as a checked domain value.
+//! - [`split`]: the split point `k` as a checked domain value, and a split decision
+//!   (`Split { k, epoch }`), the one shape a moving split has on both ends.
 //! - [`wire`]: tensors as bytes with dtype and shape, as they cross the network (from
 //!   `splitinfer-link`), to and from candle tensors; [`convert`] turns the generated
 //!   `splitinfer.v1` types into domain types and back.

@@ -165,7 +165,7 @@ async fn worker_session(worker: Worker, prompt: &str, k: usize, new_tokens: usiz
     let opened = worker
         .open(OpenParams {
             split: model.model.split_point(k).unwrap(),
-            epoch: 0,
+            epoch: split_core::split::Epoch::ZERO,
             sampling: SamplingConfig::GREEDY,
             max_new_tokens: new_tokens,
             ignore_eos: false,
@@ -187,8 +187,7 @@ async fn worker_session(worker: Worker, prompt: &str, k: usize, new_tokens: usiz
         let step = StepInput {
             session: opened.id.clone(),
             position,
-            k,
-            epoch: 0,
+            split: split_core::split::Split::new(k, 0),
             hidden: WireTensor::from_tensor(&x, WireDType::F32).unwrap(),
             erased: Vec::new(),
             enqueued: Instant::now(),

@@ -5,7 +5,8 @@
 use split_core::migrate::MigrationMode;
 use splitinfer_tests::{Testbed, greedy_request, monolithic, shared_model};
 use tokio::sync::watch;
-use ue_client::{GenerateRequest, GenerationReport, SplitDecision};
+use split_core::split::Split;
+use ue_client::{GenerateRequest, GenerationReport};
 
 const PROMPT: &str = "The history of the old harbour town begins with the fishermen who";
 
@@ -16,7 +17,7 @@ const SCHEDULE: &[(usize, usize)] = &[(8, 0), (20, 30), (37, 5), (52, 22), (70, 
 /// scheduled token count; it takes effect at the next token boundary.
 async fn run_schedule(req: GenerateRequest, schedule: &[(usize, usize)]) -> GenerationReport {
     let bed = Testbed::start().await;
-    let (tx, rx) = watch::channel(None::<SplitDecision>);
+    let (tx, rx) = watch::channel(None::<Split>);
     let mut client = ue_client::connect(&bed.emulator_url, 64 << 20, std::time::Duration::from_secs(5)).await.unwrap();
     let mut seen = 0usize;
     let mut epoch = 0u64;
@@ -24,7 +25,7 @@ async fn run_schedule(req: GenerateRequest, schedule: &[(usize, usize)]) -> Gene
         seen += 1;
         if let Some(&(_, k)) = schedule.iter().find(|(after, _)| *after == seen) {
             epoch += 1;
-            tx.send_replace(Some(SplitDecision { k, epoch }));
+            tx.send_replace(Some(Split::new(k, epoch)));
         }
     })
     .await

@@ -20,7 +20,7 @@ use split_core::bundle::LoadedModel;
 use split_core::migrate::{self, BoundaryLog, CostModel, Method, MigrationMode, MigrationShape};
 use split_core::model::{KvCache, LayerKv};
 use split_core::sampling::SamplingConfig;
-use split_core::split::SplitPoint;
+use split_core::split::{Epoch, Split, SplitPoint};
 use split_core::calibration::Calibration;
 use split_core::transform::{Concealment, LinkSetup, Normalization};
 use split_core::wire::{CandleWire, WireDType, WireTensor};
@@ -126,19 +126,12 @@ pub async fn connect_tls(url: &str, tls: &splitinfer_telemetry::Tls, max_message
     Ok(EdgeClient::new(channel).max_decoding_message_size(max_message_bytes).max_encoding_message_size(max_message_bytes))
 }
 
-/// A split decision to follow: `k` and its epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SplitDecision {
-    pub k: usize,
-    pub epoch: u64,
-}
-
 /// Where split decisions come from during a generation: the agent, a test's schedule, or nothing.
 pub trait SplitSource: Send + Sync {
     /// The decision in force now, if any. Checked at every token boundary.
-    fn latest(&self) -> Option<SplitDecision>;
+    fn latest(&self) -> Option<Split>;
     /// The UE applied `decision`: its caches moved and the edge confirmed.
-    fn applied(&self, _decision: SplitDecision) {}
+    fn applied(&self, _decision: Split) {}
     /// Whether decisions can come at all; without them the UE keeps no log for recomputes.
     fn adaptive(&self) -> bool {
         true
@@ -149,7 +142,7 @@ pub trait SplitSource: Send + Sync {
 pub struct FixedSplit;
 
 impl SplitSource for FixedSplit {
-    fn latest(&self) -> Option<SplitDecision> {
+    fn latest(&self) -> Option<Split> {
         None
     }
 
@@ -158,19 +151,19 @@ impl SplitSource for FixedSplit {
     }
 }
 
-impl SplitSource for tokio::sync::watch::Receiver<Option<SplitDecision>> {
-    fn latest(&self) -> Option<SplitDecision> {
+impl SplitSource for tokio::sync::watch::Receiver<Option<Split>> {
+    fn latest(&self) -> Option<Split> {
         *self.borrow()
     }
 }
 
 impl SplitSource for agent::follow::Follower {
-    fn latest(&self) -> Option<SplitDecision> {
-        self.decisions().borrow().as_ref().and_then(|d| d.split).map(|s| SplitDecision { k: s.k as usize, epoch: s.epoch })
+    fn latest(&self) -> Option<Split> {
+        self.decisions().borrow().as_ref().and_then(|d| d.split).map(Split::from)
     }
 
-    fn applied(&self, d: SplitDecision) {
-        self.ack(d.epoch, d.k as u32);
+    fn applied(&self, d: Split) {
+        self.ack(d.epoch.get(), d.k as u32);
     }
 }
 
@@ -227,11 +220,11 @@ async fn on_model<T: Send + 'static>(
 }
 
 /// The activation message of one step.
-fn activation(position: u64, split: SplitDecision, hidden: WireTensor, took: Duration) -> pb::UeMessage {
+fn activation(position: u64, split: Split, hidden: WireTensor, took: Duration) -> pb::UeMessage {
     pb::UeMessage {
         kind: Some(pb::ue_message::Kind::Activation(pb::Activation {
             position,
-            split: Some(pb::Split { k: split.k as u32, epoch: split.epoch }),
+            split: Some(split.into()),
             hidden: Some(hidden.into()),
             ue_compute_us: took.as_micros() as u64,
             erasure_mask: Default::default(),
@@ -284,7 +277,7 @@ async fn replay_all(
     conn: &mut Conn<'_>,
     model: &Arc<LoadedModel>,
     req: &GenerateRequest,
-    split: SplitDecision,
+    split: Split,
     history: &History,
     generated: &[u32],
     keep_log: bool,
@@ -323,13 +316,13 @@ async fn run(
     let started = Instant::now();
     let n_layers = model.model.n_layers();
     // A decision already in force picks the first split; the request's is the fallback.
-    let mut split = SplitDecision { k: req.split.k(), epoch: 0 };
+    let mut split = Split { k: req.split.k(), epoch: Epoch::ZERO };
     if let Some(d) = source.latest().filter(|d| d.k <= n_layers) {
         split = d;
     }
     conn.open(&model, &req, split, false).await?;
-    tracing::info!(session = %conn.id, split = split.k, epoch = split.epoch, "session open");
-    if split.epoch > 0 {
+    tracing::info!(session = %conn.id, split = split.k, epoch = %split.epoch, "session open");
+    if split.epoch > Epoch::ZERO {
         source.applied(split);
     }
 
@@ -348,9 +341,9 @@ async fn run(
     let mut stop_eos = false;
     while tokens.len() < req.max_new_tokens {
         // A token boundary: the edge has answered every step so far.
-        if let Some(d) = source.latest().filter(|d| d.epoch > split.epoch) {
+        if let Some(d) = source.latest().filter(|d| d.supersedes(split)) {
             if d.k > n_layers {
-                tracing::warn!(k = d.k, epoch = d.epoch, n_layers, "ignoring a split decision outside 0..=L");
+                tracing::warn!(k = d.k, epoch = %d.epoch, n_layers, "ignoring a split decision outside 0..=L");
             } else if d.k == split.k {
                 split = d;
                 source.applied(d);
@@ -449,7 +442,7 @@ async fn run(
             logprob: t.logprob,
             rows: input.len(),
             k: split.k,
-            epoch: split.epoch,
+            epoch: split.epoch.get(),
             ue_compute_us: ue_compute.as_micros() as u64,
             network_us,
             uplink_us: t.uplink_delay_us + transport_us / 2,
@@ -497,8 +490,8 @@ async fn migrate(
     req: &GenerateRequest,
     cost: &CostModel,
     shape: &MigrationShape,
-    from: SplitDecision,
-    to: SplitDecision,
+    from: Split,
+    to: Split,
     at_token: usize,
 ) -> Result<(UeModel, MigrationEvent), UeError> {
     let started = Instant::now();
@@ -510,14 +503,14 @@ async fn migrate(
     };
     let method = plan.method;
     tracing::info!(
-        from = from.k, to = to.k, epoch = to.epoch, position, %method,
+        from = from.k, to = to.k, epoch = %to.epoch, position, %method,
         transfer_est_ms = plan.transfer_s * 1e3, recompute_est_ms = plan.recompute_s * 1e3,
         transfer_bytes = plan.transfer_bytes, recompute_bytes = plan.recompute_bytes,
         "changing split"
     );
     let mut msg = pb::Migrate {
-        from: Some(pb::Split { k: from.k as u32, epoch: from.epoch }),
-        to: Some(pb::Split { k: to.k as u32, epoch: to.epoch }),
+        from: Some(from.into()),
+        to: Some(to.into()),
         position: position as u64,
         method: match method {
             Method::Transfer => pb::Migration::Transfer,
@@ -626,7 +619,7 @@ async fn migrate(
         position,
         from: from.k,
         to: to.k,
-        epoch: to.epoch,
+        epoch: to.epoch.get(),
         method: method.to_string(),
         transfer_est_ms: plan.transfer_s * 1e3,
         recompute_est_ms: plan.recompute_s * 1e3,
@@ -637,7 +630,7 @@ async fn migrate(
         took_ms: started.elapsed().as_secs_f64() * 1e3,
     };
     tracing::info!(
-        from = from.k, to = to.k, epoch = to.epoch, %method, took_ms = event.took_ms,
+        from = from.k, to = to.k, epoch = %to.epoch, %method, took_ms = event.took_ms,
         bytes_up, bytes_down, "split changed"
     );
     Ok((state, event))

@@ -28,6 +28,7 @@ use prost::Message;
 use split_core::bundle::LoadedModel;
 use split_core::migrate::BoundaryLog;
 use split_core::model::KvCache;
+use split_core::split::Split;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_client::EdgeClient;
 use tokio::sync::mpsc;
@@ -35,7 +36,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::{GenerateRequest, SplitDecision, UeError, UeModel, connect_tls, on_model};
+use crate::{GenerateRequest, UeError, UeModel, connect_tls, on_model};
 
 /// Where the edge is: one URL, or several to fail over between (in order, round robin).
 #[derive(Debug, Clone)]
@@ -133,12 +134,12 @@ impl<'a> Conn<'a> {
         }
     }
 
-    fn open_message(model: &LoadedModel, req: &GenerateRequest, split: SplitDecision, resume: Option<(&str, &str)>) -> pb::UeMessage {
+    fn open_message(model: &LoadedModel, req: &GenerateRequest, split: Split, resume: Option<(&str, &str)>) -> pb::UeMessage {
         let (id, secret) = resume.unwrap_or_default();
         pb::UeMessage {
             kind: Some(pb::ue_message::Kind::Open(pb::Open {
                 model_sha256: model.sha256.clone(),
-                split: Some(pb::Split { k: split.k as u32, epoch: split.epoch }),
+                split: Some(split.into()),
                 sampling: Some(req.sampling.into()),
                 max_new_tokens: req.max_new_tokens as u32,
                 prompt_tokens: req.prompt.len() as u32,
@@ -154,7 +155,7 @@ impl<'a> Conn<'a> {
     }
 
     /// Opens a stream (a new session, or a resume of this one) and reads its `Opened`.
-    pub async fn open(&mut self, model: &LoadedModel, req: &GenerateRequest, split: SplitDecision, resume: bool) -> Result<pb::Opened, UeError> {
+    pub async fn open(&mut self, model: &LoadedModel, req: &GenerateRequest, split: Split, resume: bool) -> Result<pb::Opened, UeError> {
         let (tx, rx) = mpsc::channel::<pb::UeMessage>(8);
         let open = Self::open_message(model, req, split, resume.then_some((self.id.as_str(), self.secret.as_str())));
         self.bytes_up += open.encoded_len() as u64;
@@ -221,7 +222,7 @@ impl<'a> Conn<'a> {
 
     /// Brings the session back after `cause` broke its link: resumes it where the edge still
     /// holds it (unless `fresh` asks for a new session), else opens a new one to replay into.
-    pub async fn recover(&mut self, model: &LoadedModel, req: &GenerateRequest, split: SplitDecision, cause: UeError, fresh: bool) -> Result<Recovered, UeError> {
+    pub async fn recover(&mut self, model: &LoadedModel, req: &GenerateRequest, split: Split, cause: UeError, fresh: bool) -> Result<Recovered, UeError> {
         let Some(endpoints) = self.endpoints.filter(|e| !e.urls.is_empty() && !self.recovery.deadline.is_zero()) else {
             return Err(cause);
         };
@@ -314,7 +315,7 @@ pub(crate) async fn replay(
     conn: &mut Conn<'_>,
     model: &Arc<LoadedModel>,
     req: &GenerateRequest,
-    split: SplitDecision,
+    split: Split,
     history: &History,
     generated: &[u32],
     keep_log: bool,

@@ -99,7 +99,7 @@ impl State {
                 .iter_mut()
                 .zip(&logits)
                 .map(|((w, sess), logits)| {
-                    sess.epoch = w.input.epoch;
+                    sess.epoch = w.input.split.epoch;
                     sess.wire = w.input.hidden.dtype();
                     let (id, logprob, eos) = sample(sess, &self.model, logits)?;
                     Ok((sess.cache.position(), id, logprob, eos))
@@ -140,6 +140,7 @@ mod tests {
     use super::*;
     use crate::worker::OpenParams;
     use split_core::sampling::SamplingConfig;
+    use split_core::split::{Epoch, Split};
     use split_core::wire::{CandleWire, WireDType, WireTensor};
     use splitinfer_tests::shared_model;
 
@@ -162,8 +163,7 @@ mod tests {
             StepInput {
                 session: self.id.clone(),
                 position,
-                k: self.k,
-                epoch: 0,
+                split: Split::new(self.k, 0),
                 hidden: WireTensor::from_tensor(&x, WireDType::F32).unwrap(),
                 erased: Vec::new(),
                 enqueued: Instant::now(),
@@ -203,7 +203,7 @@ mod tests {
     fn open_params(k: usize, prompt_tokens: usize) -> OpenParams {
         OpenParams {
             split: shared_model().model.split_point(k).unwrap(),
-            epoch: 0,
+            epoch: Epoch::ZERO,
             sampling: SamplingConfig::GREEDY,
             max_new_tokens: 32,
             ignore_eos: false,

@@ -20,7 +20,7 @@ type Reply = oneshot::Sender<Result<Option<TokenOut>, EdgeError>>;
 
 pub(super) struct Prefill {
     session: SessionId,
-    epoch: u64,
+    epoch: split_core::split::Epoch,
     wire: WireDType,
     /// The whole activation, `[1, rows, hidden]`.
     x: Tensor,
@@ -41,7 +41,7 @@ impl State {
     pub(super) fn start_prefill(&mut self, s: StepInput, c: CheckedStep, reply: Reply, queue: Duration, started: Instant) {
         self.prefills.push_back(Prefill {
             session: s.session,
-            epoch: s.epoch,
+            epoch: s.split.epoch,
             wire: s.hidden.dtype(),
             x: c.x,
             rows: c.rows,
