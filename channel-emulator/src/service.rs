@@ -41,6 +41,10 @@ impl Edge for Proxy {
         let n = self.sessions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shared = self.shared.clone();
         let down_shared = self.shared.clone();
+        // Uplink air time held for the activations since the last token: the downlink stamps it
+        // into that token, so the UE hears it from the emulator that measured it.
+        let held_up = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let held_up_down = held_up.clone();
         let seed = self.seed;
         let max_message_bytes = self.max_message_bytes;
         // The link follows the shared channel: rebuilt when its version changes, so a switch
@@ -94,6 +98,7 @@ impl Edge for Proxy {
                                         shared.relay.held("up", held);
                                         if let Some(pb::ue_message::Kind::Activation(a)) = msg.kind.as_mut() {
                                             a.uplink_delay_us = held.as_micros() as u64;
+                                            held_up.fetch_add(a.uplink_delay_us, std::sync::atomic::Ordering::Relaxed);
                                         }
                                     }
                                     if to_edge.send(msg).await.is_err() {
@@ -153,6 +158,9 @@ impl Edge for Proxy {
                                     if let Some(pb::edge_message::Kind::Token(t)) = msg.kind.as_mut() {
                                         t.downlink_delay_us = held.as_micros() as u64;
                                     }
+                                }
+                                if let Some(pb::edge_message::Kind::Token(t)) = msg.kind.as_mut() {
+                                    t.uplink_delay_us = held_up_down.swap(0, std::sync::atomic::Ordering::Relaxed);
                                 }
                                 if to_ue.send(Ok(msg)).await.is_err() {
                                     break;

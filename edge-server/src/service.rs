@@ -162,8 +162,6 @@ impl SessionTask {
         // silent stream before that closes the session, after it keeps it for a resume.
         let mut started = opened.position > 0;
 
-        // Emulated uplink air time of the activations since the last token, echoed back with it.
-        let mut uplink_delay_us = 0u64;
         let mut last_split = Split { k, epoch: open_epoch };
         loop {
             let Ok(next) = tokio::time::timeout(self.step_timeout, self.next(inbound, Some(&id))).await else {
@@ -223,7 +221,6 @@ impl SessionTask {
                 }
                 Some(_) => return Err((Some(id), Status::invalid_argument("only activation and migrate messages may follow open"))),
             };
-            uplink_delay_us += activation.uplink_delay_us;
             let step = self.step_input(&id, activation).map_err(|e| (Some(id.clone()), Status::from(e)))?;
             let (prefill, step_split, enqueued) = (step.position < prompt_tokens, step.split, step.enqueued);
             let out = self.worker.step(step).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
@@ -248,7 +245,8 @@ impl SessionTask {
                         edge_queue_us: t.queue.as_micros() as u64,
                         edge_compute_us: t.compute.as_micros() as u64,
                         eos: t.eos,
-                        uplink_delay_us: std::mem::take(&mut uplink_delay_us),
+                        // The channel emulator, which held the messages, stamps both delays.
+                        uplink_delay_us: 0,
                         downlink_delay_us: 0,
                         batch: t.batch as u32,
                     }),

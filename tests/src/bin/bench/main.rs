@@ -144,8 +144,8 @@ fn median_of(runs: &[Speed]) -> Speed {
 // ---------------------------------------------------------------------------------------------
 // 2. The emulator's own latency, against an edge that answers at once.
 
-/// An edge that runs no model: every activation gets a token back at once, echoing the air time
-/// the emulator reported, so round trips measure the path alone.
+/// An edge that runs no model: every activation gets a token back at once; the emulator stamps
+/// the delays it held into the token, so round trips measure the path alone.
 struct EchoEdge;
 
 type Reply = Result<pb::EdgeMessage, Status>;
@@ -163,7 +163,6 @@ impl pb::edge_server::Edge for EchoEdge {
                     Some(pb::ue_message::Kind::Open(_)) => pb::edge_message::Kind::Opened(pb::Opened { session_id: "echo".into(), ..Default::default() }),
                     Some(pb::ue_message::Kind::Activation(a)) => pb::edge_message::Kind::Token(pb::Token {
                         position: a.position,
-                        uplink_delay_us: a.uplink_delay_us,
                         ..Default::default()
                     }),
                     _ => continue,
