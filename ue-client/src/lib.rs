@@ -272,121 +272,155 @@ pub async fn generate_resilient(
     run(Conn::new(client, Some(endpoints), recovery), model, req, source, on_token).await
 }
 
-/// A replay into a fresh session, again into another one whenever the link breaks on the way.
-async fn replay_all(
-    conn: &mut Conn<'_>,
-    model: &Arc<LoadedModel>,
-    req: &GenerateRequest,
-    split: Split,
-    history: &History,
-    generated: &[u32],
-    keep_log: bool,
-) -> Result<(UeModel, Option<pb::Token>), UeError> {
-    let started = Instant::now();
-    let out = loop {
-        match session::replay(conn, model, req, split, history, generated, keep_log).await {
-            Err(e) if session::broken(&e) => {
-                if let Err(e) = conn.recover(model, req, split, e, true).await {
-                    break Err(e);
-                }
-            }
-            r => break r,
-        }
-    };
-    conn.replay_time += started.elapsed();
-    out
-}
-
-async fn run(
-    mut conn: Conn<'_>,
+/// One generation session as the UE runs it: the link to the edge ([`Conn`]), the UE's own
+/// layers ([`UeModel`]), the split in force, and what a replay needs ([`History`]).
+/// [`run`] drives it: [`UeSession::open`], then at every token boundary
+/// [`UeSession::change_split`] if a newer decision is in force and [`UeSession::step`], then
+/// [`UeSession::close`]. A broken link is brought back inside `step` and `change_split`, by a
+/// resume or a replay ([`session`]).
+struct UeSession<'a> {
+    conn: Conn<'a>,
     model: Arc<LoadedModel>,
     req: GenerateRequest,
-    source: &dyn SplitSource,
-    mut on_token: impl FnMut(&TokenEvent),
-) -> Result<GenerationReport, UeError> {
-    if req.prompt.is_empty() {
-        return Err(UeError::Protocol("the prompt has no tokens".into()));
-    }
-    if req.link().needs_calibration() && req.calibration.is_none() {
-        return Err(UeError::Protocol(format!(
-            "normalization {} / concealment {} need calibration statistics (--calibration FILE)",
-            req.normalization, req.concealment
-        )));
-    }
-    let started = Instant::now();
-    let n_layers = model.model.n_layers();
-    // A decision already in force picks the first split; the request's is the fallback.
-    let mut split = Split { k: req.split.k(), epoch: Epoch::ZERO };
-    if let Some(d) = source.latest().filter(|d| d.k <= n_layers) {
-        split = d;
-    }
-    conn.open(&model, &req, split, false).await?;
-    tracing::info!(session = %conn.id, split = split.k, epoch = %split.epoch, "session open");
-    if split.epoch > Epoch::ZERO {
-        source.applied(split);
+    split: Split,
+    /// Whether the UE keeps the boundary log a recompute reads.
+    keep_log: bool,
+    /// The UE's layers; `None` only while a step or a split change has them.
+    state: Option<UeModel>,
+    cost: CostModel,
+    shape: MigrationShape,
+    history: History,
+    tokens: Vec<TokenEvent>,
+    generated: Vec<u32>,
+    migrations: Vec<MigrationEvent>,
+    stopped_at_eos: bool,
+    started: Instant,
+}
+
+impl<'a> UeSession<'a> {
+    /// Opens the session at the decision already in force, else at the request's split.
+    async fn open(mut conn: Conn<'a>, model: Arc<LoadedModel>, req: GenerateRequest, source: &dyn SplitSource) -> Result<Self, UeError> {
+        if req.prompt.is_empty() {
+            return Err(UeError::Protocol("the prompt has no tokens".into()));
+        }
+        if req.link().needs_calibration() && req.calibration.is_none() {
+            return Err(UeError::Protocol(format!(
+                "normalization {} / concealment {} need calibration statistics (--calibration FILE)",
+                req.normalization, req.concealment
+            )));
+        }
+        let started = Instant::now();
+        let n_layers = model.model.n_layers();
+        let split = source.latest().filter(|d| d.k <= n_layers).unwrap_or(Split { k: req.split.k(), epoch: Epoch::ZERO });
+        conn.open(&model, &req, split, false).await?;
+        tracing::info!(session = %conn.id, split = split.k, epoch = %split.epoch, "session open");
+        if split.epoch > Epoch::ZERO {
+            source.applied(split);
+        }
+        // Only a recompute reads the log; at a fixed split or with transfer forced it would be
+        // dead weight (69 KB per position at k = 30 for SmolLM2-135M).
+        let keep_log = source.adaptive() && req.migration != MigrationMode::Transfer;
+        let state = UeModel { model: model.clone(), cache: KvCache::new(0..split.k), log: keep_log.then(BoundaryLog::new), chunks: Vec::new() };
+        Ok(Self {
+            cost: CostModel::new(req.link_mbps, req.edge_speedup),
+            shape: MigrationShape::new(&model.model, req.wire.for_caches().size()),
+            tokens: Vec::with_capacity(req.max_new_tokens),
+            generated: Vec::with_capacity(req.max_new_tokens),
+            history: History { inputs: Vec::with_capacity(req.prompt.len() + req.max_new_tokens), chunks: Vec::new() },
+            migrations: Vec::new(),
+            state: Some(state),
+            conn,
+            model,
+            req,
+            split,
+            keep_log,
+            stopped_at_eos: false,
+            started,
+        })
     }
 
-    // Only a recompute reads the log; at a fixed split or with transfer forced it would be dead
-    // weight (69 KB per position at k = 30 for SmolLM2-135M).
-    let keep_log = source.adaptive() && req.migration != MigrationMode::Transfer;
-    let mut state = UeModel { model: model.clone(), cache: KvCache::new(0..split.k), log: keep_log.then(BoundaryLog::new), chunks: Vec::new() };
-    let mut cost = CostModel::new(req.link_mbps, req.edge_speedup);
-    let shape = MigrationShape::new(&model.model, req.wire.for_caches().size());
-    let mut tokens: Vec<TokenEvent> = Vec::with_capacity(req.max_new_tokens);
-    let mut generated: Vec<u32> = Vec::with_capacity(req.max_new_tokens);
-    let mut history = History { inputs: Vec::with_capacity(req.prompt.len() + req.max_new_tokens), chunks: Vec::new() };
-    let mut migrations: Vec<MigrationEvent> = Vec::new();
-    let mut input: Vec<u32> = req.prompt.clone();
-    let chunk = if req.prefill_chunk == 0 { usize::MAX } else { req.prefill_chunk };
-    let mut stop_eos = false;
-    while tokens.len() < req.max_new_tokens {
-        // A token boundary: the edge has answered every step so far.
-        if let Some(d) = source.latest().filter(|d| d.supersedes(split)) {
-            if d.k > n_layers {
-                tracing::warn!(k = d.k, epoch = %d.epoch, n_layers, "ignoring a split decision outside 0..=L");
-            } else if d.k == split.k {
-                split = d;
-                source.applied(d);
-            } else {
-                match migrate(state, &mut conn, &req, &cost, &shape, split, d, tokens.len()).await {
-                    Ok((s, event)) => {
-                        state = s;
-                        migrations.push(event);
-                        split = d;
-                        source.applied(d);
+    fn take_state(&mut self) -> Result<UeModel, UeError> {
+        self.state.take().ok_or_else(|| UeError::Protocol("the UE's layers were lost in an earlier failure".into()))
+    }
+
+    /// Rebuilds everything in a fresh session (opened by the caller), again into another one
+    /// whenever the link breaks on the way; returns the token of the step in flight, if any.
+    async fn replay(&mut self) -> Result<Option<pb::Token>, UeError> {
+        let started = Instant::now();
+        let out = loop {
+            match session::replay(&mut self.conn, &self.model, &self.req, self.split, &self.history, &self.generated, self.keep_log).await {
+                Err(e) if session::broken(&e) => {
+                    if let Err(e) = self.conn.recover(&self.model, &self.req, self.split, e, true).await {
+                        break Err(e);
                     }
-                    Err(e) if session::broken(&e) => {
-                        // The caches were mid-move: rebuild at the old split in a new session;
-                        // the decision is taken up again at this boundary.
-                        conn.recover(&model, &req, split, e, true).await?;
-                        state = replay_all(&mut conn, &model, &req, split, &history, &generated, keep_log).await?.0;
-                        continue;
-                    }
-                    Err(e) => return Err(e),
                 }
+                r => break r,
             }
+        };
+        self.conn.replay_time += started.elapsed();
+        let (state, token) = out?;
+        self.state = Some(state);
+        Ok(token)
+    }
+
+    /// Moves the split to `d` at this token boundary. Returns whether to try again: the link
+    /// broke while the caches were moving, so the session was rebuilt at the old split.
+    async fn change_split(&mut self, d: Split, source: &dyn SplitSource) -> Result<bool, UeError> {
+        let n_layers = self.model.model.n_layers();
+        if d.k > n_layers {
+            tracing::warn!(k = d.k, epoch = %d.epoch, n_layers, "ignoring a split decision outside 0..=L");
+            return Ok(false);
         }
-        // Prefill goes out in chunks; each decode step is one row.
+        if d.k == self.split.k {
+            self.split = d;
+            source.applied(d);
+            return Ok(false);
+        }
+        let state = self.take_state()?;
+        match migrate(state, &mut self.conn, &self.req, &self.cost, &self.shape, self.split, d, self.tokens.len()).await {
+            Ok((state, event)) => {
+                self.state = Some(state);
+                self.migrations.push(event);
+                self.split = d;
+                source.applied(d);
+                Ok(false)
+            }
+            Err(e) if session::broken(&e) => {
+                self.conn.recover(&self.model, &self.req, self.split, e, true).await?;
+                self.replay().await?;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One step: `input` (the prompt, in chunks, or the last token) through the UE's layers
+    /// and to the edge, and the token back. A broken link on the way is resumed (what the edge
+    /// did not get is resent) or replayed into a new session.
+    async fn step(&mut self, input: &[u32]) -> Result<&TokenEvent, UeError> {
+        let chunk = if self.req.prefill_chunk == 0 { usize::MAX } else { self.req.prefill_chunk };
         let mut ue_compute = Duration::ZERO;
         let mut pending: Vec<(u64, pb::UeMessage)> = Vec::new();
         for rows in input.chunks(chunk) {
+            let state = self.take_state()?;
             let position = state.cache.position() as u64;
-            let (tokens_in, link, calibration) = (rows.to_vec(), req.link(), req.calibration.clone());
-            let (s, hidden, took) = on_model(state, move |m| m.step(&tokens_in, link, calibration.as_deref())).await?;
-            state = s;
+            let (tokens_in, link, calibration) = (rows.to_vec(), self.req.link(), self.req.calibration.clone());
+            let (state, hidden, took) = on_model(state, move |m| m.step(&tokens_in, link, calibration.as_deref())).await?;
+            self.state = Some(state);
             ue_compute += took;
             // With few layers the step's fixed costs (embedding, encoding) would pass for layer time.
-            if split.k >= 4 {
-                cost.observe(rows.len(), split.k, took.as_secs_f64());
+            if self.split.k >= 4 {
+                self.cost.observe(rows.len(), self.split.k, took.as_secs_f64());
             }
-            history.inputs.extend_from_slice(rows);
-            history.chunks.push(rows.len());
-            pending.push((position, activation(position, split, hidden, took)));
+            self.history.inputs.extend_from_slice(rows);
+            self.history.chunks.push(rows.len());
+            pending.push((position, activation(position, self.split, hidden, took)));
         }
-        let end = state.cache.position() as u64;
+        let end = self.state.as_ref().map_or(0, |s| s.cache.position()) as u64;
         let mut step_bytes = 0u64;
         let mut sent_at = Instant::now();
         let t = loop {
+            let conn = &mut self.conn;
             let exchanged = async {
                 for (_, msg) in &pending {
                     sent_at = Instant::now();
@@ -400,7 +434,7 @@ async fn run(
             .await;
             match exchanged {
                 Ok(t) => break t,
-                Err(e) if session::broken(&e) => match conn.recover(&model, &req, split, e, false).await? {
+                Err(e) if session::broken(&e) => match self.conn.recover(&self.model, &self.req, self.split, e, false).await? {
                     Recovered::Resumed { position, last_token } => {
                         if position == end {
                             // The edge completed the step; its token was lost with the link.
@@ -418,14 +452,10 @@ async fn run(
                         };
                         pending.drain(..i);
                     }
-                    Recovered::Fresh => {
-                        let (s, t) = replay_all(&mut conn, &model, &req, split, &history, &generated, keep_log).await?;
-                        state = s;
-                        match t {
-                            Some(t) => break t,
-                            None => return Err(UeError::Protocol("the replay produced no token for the step in flight".into())),
-                        }
-                    }
+                    Recovered::Fresh => match self.replay().await? {
+                        Some(t) => break t,
+                        None => return Err(UeError::Protocol("the replay produced no token for the step in flight".into())),
+                    },
                 },
                 Err(e) => return Err(e),
             }
@@ -437,12 +467,12 @@ async fn run(
         // time (serialization, TCP, the proxy's own work) cannot be split by one clock, so each
         // direction is given half of it.
         let transport_us = network_us.saturating_sub(t.uplink_delay_us + t.downlink_delay_us);
-        let event = TokenEvent {
+        self.tokens.push(TokenEvent {
             id: t.id,
             logprob: t.logprob,
             rows: input.len(),
-            k: split.k,
-            epoch: split.epoch.get(),
+            k: self.split.k,
+            epoch: self.split.epoch.get(),
             ue_compute_us: ue_compute.as_micros() as u64,
             network_us,
             uplink_us: t.uplink_delay_us + transport_us / 2,
@@ -452,33 +482,59 @@ async fn run(
             edge_batch: t.batch.max(1),
             bytes_up: step_bytes,
             bytes_down: t.encoded_len() as u64,
-        };
-        on_token(&event);
-        tokens.push(event);
-        generated.push(t.id);
-        if t.eos && !req.ignore_eos {
-            stop_eos = true;
+        });
+        self.generated.push(t.id);
+        self.stopped_at_eos = t.eos && !self.req.ignore_eos;
+        Ok(self.tokens.last().expect("just pushed"))
+    }
+
+    /// Ends the stream (waiting for the edge's status, so a late error is not lost) and reports.
+    async fn close(mut self) -> Result<GenerationReport, UeError> {
+        self.conn.finish().await?;
+        Ok(GenerationReport {
+            session_id: self.conn.id.clone(),
+            split: self.req.split.k(),
+            final_split: self.split.k,
+            wire: self.req.wire.to_string(),
+            prompt_tokens: self.req.prompt.len(),
+            tokens: self.tokens,
+            migrations: self.migrations,
+            stopped_at_eos: self.stopped_at_eos,
+            bytes_up: self.conn.bytes_up,
+            bytes_down: self.conn.bytes_down,
+            resumes: self.conn.resumes,
+            replays: self.conn.replays,
+            replay_ms: self.conn.replay_time.as_secs_f64() * 1e3,
+            elapsed_ms: self.started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+}
+
+/// A generation: prefill, then a token at a time, following `source` at every token boundary.
+async fn run(
+    conn: Conn<'_>,
+    model: Arc<LoadedModel>,
+    req: GenerateRequest,
+    source: &dyn SplitSource,
+    mut on_token: impl FnMut(&TokenEvent),
+) -> Result<GenerationReport, UeError> {
+    let (max_new_tokens, mut input) = (req.max_new_tokens, req.prompt.clone());
+    let mut session = UeSession::open(conn, model, req, source).await?;
+    while session.tokens.len() < max_new_tokens {
+        // A token boundary: the edge has answered every step so far.
+        while let Some(d) = source.latest().filter(|d| d.supersedes(session.split)) {
+            if !session.change_split(d, source).await? {
+                break;
+            }
+        }
+        let t = session.step(&input).await?;
+        on_token(t);
+        input = vec![t.id];
+        if session.stopped_at_eos {
             break;
         }
-        input = vec![t.id];
     }
-    conn.finish().await?;
-    Ok(GenerationReport {
-        session_id: conn.id.clone(),
-        split: req.split.k(),
-        final_split: split.k,
-        wire: req.wire.to_string(),
-        prompt_tokens: req.prompt.len(),
-        tokens,
-        migrations,
-        stopped_at_eos: stop_eos,
-        bytes_up: conn.bytes_up,
-        bytes_down: conn.bytes_down,
-        resumes: conn.resumes,
-        replays: conn.replays,
-        replay_ms: conn.replay_time.as_secs_f64() * 1e3,
-        elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
-    })
+    session.close().await
 }
 
 /// Moves the split from `from` to `to` at a token boundary: plans the method, moves or rebuilds
