@@ -107,7 +107,8 @@ pub fn run(args: PrivacyArgs) -> Result<()> {
             eprintln!("privacy: window {}/{} scored at every k ({:.1}s); {:.0}s elapsed", i + 1, todo.len(), t.elapsed().as_secs_f64(), started.elapsed().as_secs_f64());
         }
     }
-    let label = text_path.display().to_string();
+    // The file's name, not this machine's path to it.
+    let label = text_path.file_name().map_or_else(|| text_path.display().to_string(), |n| n.to_string_lossy().to_string());
     let report = report(&rows, model.n_layers(), &name, &label, &fit_label, fit.len(), args.target);
     std::fs::write(dir.join("report.md"), &report)?;
     println!("{report}");
