@@ -407,9 +407,9 @@ impl State {
             Job::Open(p, reply) => {
                 let _ = reply.send(self.open(p));
             }
-            Job::Step(s, reply) => {
-                let _ = reply.send(self.step(s));
-            }
+            // Steps are batched and interleaved by `handle_all`; one that comes here alone takes
+            // the same path.
+            step @ Job::Step(..) => self.handle_all(vec![step]),
             Job::Migrate(m, reply) => {
                 let _ = reply.send(self.migrate(m));
             }
@@ -557,29 +557,6 @@ impl State {
             },
         );
         Ok(Opened { id, position: 0, secret, last_token: None })
-    }
-
-    /// Runs one step on its own: checks, layers, and the head and sampling once the prompt is in.
-    fn step(&mut self, s: StepInput) -> Result<Option<TokenOut>, EdgeError> {
-        let queue = s.enqueued.elapsed();
-        let started = Instant::now();
-        let checked = self.check_step(&s)?;
-        self.run_step(&s, checked, queue, started)
-    }
-
-    fn run_step(&mut self, s: &StepInput, checked: CheckedStep, queue: Duration, started: Instant) -> Result<Option<TokenOut>, EdgeError> {
-        let model = &self.model.model;
-        let sess = self.sessions.get_mut(&s.session).ok_or_else(|| EdgeError::Internal(format!("session {} vanished", s.session)))?;
-        let h = model.run_layers(&checked.x, &mut sess.cache)?;
-        sess.epoch = s.split.epoch;
-        sess.wire = s.hidden.dtype().for_caches();
-        let end = checked.position + checked.rows;
-        if end < sess.prompt_tokens {
-            return Ok(None);
-        }
-        let logits = model.head_last(&h)?.to_vec1::<f32>()?;
-        let (id, logprob, eos) = sample(sess, &self.model, &logits)?;
-        Ok(Some(TokenOut { position: end, id, logprob, queue, compute: started.elapsed(), eos, batch: 1 }))
     }
 
     /// Every check of a step against its session, before anything changes: the same for a step
