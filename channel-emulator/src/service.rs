@@ -211,7 +211,8 @@ fn from_edge_status(s: Status) -> Status {
 /// held a 1.05 ms air time for about 2 ms (p50 overshoot 1.0 ms, measured). All but the last two
 /// milliseconds go to tokio's timer, which may fire up to a tick late; the rest is slept on a
 /// blocking-pool thread with the OS's high-resolution timer, so the hold ends about 0.1 ms after
-/// `delay` and never before it.
+/// `delay` and never before it. On Linux that thread's timer slack is set to 1 µs first: the
+/// kernel may otherwise let a sleep run 50 µs long (its default slack) to group wake-ups.
 async fn hold(delay: std::time::Duration) -> std::time::Duration {
     const TICK: std::time::Duration = std::time::Duration::from_millis(1);
     let started = std::time::Instant::now();
@@ -222,7 +223,12 @@ async fn hold(delay: std::time::Duration) -> std::time::Duration {
     let rest = deadline.saturating_duration_since(std::time::Instant::now());
     if !rest.is_zero() {
         // The blocking pool only fails to run this if the runtime is shutting down.
-        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            #[cfg(target_os = "linux")]
+            let _ = nix::sys::prctl::set_timerslack(1_000);
+            std::thread::sleep(rest)
+        })
+        .await;
     }
     started.elapsed()
 }

@@ -81,7 +81,7 @@ pub fn draw(rows: &[Row], clean_ppl: f64, n_layers: usize, model_name: &str, out
     let c = cells(rows);
     let panels = [
         ("raw", "raw analog: no equalizer, zero-fill"),
-        ("rx", "analog + ZF equalizer, standardize, mean-fill"),
+        ("rx", "analog + ZF equalizer, standardize (+ gains at k = L), mean-fill"),
         ("int8", "digital int8 (standardized), HARQ x3, mean-fill"),
     ];
     let finite: Vec<f64> = rows.iter().map(Row::ppl).filter(|p| p.is_finite()).collect();

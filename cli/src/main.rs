@@ -213,15 +213,17 @@ struct PplArgs {
 /// The transmitter's and receiver's processing around the channel (the codec is --wire-dtype).
 #[derive(Debug, Args)]
 struct LinkArgs {
-    /// Transmitter normalization: identity, or standardize ((y − μ)/σ per dimension with the
-    /// calibration statistics, undone at the receiver).
+    /// Transmitter normalization: identity; standardize ((y − μ)/σ per dimension with the
+    /// calibration statistics, undone at the receiver); or allocate (standardize, then the
+    /// calibration's transmit gains: more power to the dimensions the head is most sensitive to,
+    /// at k = L only; the same as standardize at every other k).
     #[arg(long, default_value = "identity", env = "SPLITINFER_NORMALIZATION")]
     normalization: Normalization,
     /// What the receiver fills erased elements with: zero (the reference) or mean (each
     /// dimension's calibration mean).
     #[arg(long, default_value = "zero", env = "SPLITINFER_CONCEALMENT")]
     concealment: Concealment,
-    /// Calibration statistics of the model (`splitinfer calibrate`), for standardize and mean.
+    /// Calibration statistics of the model (`splitinfer calibrate`), for standardize, allocate and mean.
     /// Default: calibration/<model name>.json in this directory when the model is a known one.
     #[arg(long, env = "SPLITINFER_CALIBRATION")]
     calibration: Option<PathBuf>,
@@ -279,7 +281,7 @@ struct Figure3Args {
     /// Split points (default: every k from 0 to L).
     #[arg(long, value_delimiter = ',')]
     ks: Vec<usize>,
-    /// Modes to evaluate instead of the default plan (raw, rx, rx-mmse, or a codec: int8, int4,
+    /// Modes to evaluate instead of the default plan (raw, rx, rx-mmse, rx-std, or a codec: int8, int4,
     /// int8-outlier, int4-outlier, f16, with -id for no normalization). Needs --channels.
     #[arg(long, value_delimiter = ',', requires = "channels")]
     modes: Vec<String>,

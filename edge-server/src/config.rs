@@ -55,7 +55,7 @@ pub struct EdgeConfig {
     #[arg(long, env = "EDGE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// Calibration statistics of the model (`splitinfer calibrate`), for sessions whose UE
-    /// standardizes the hidden state or asks for mean concealment; refused if made for another
+    /// standardizes (or allocates) the hidden state or asks for mean concealment; refused if made for another
     /// model. Without it such sessions are refused.
     #[arg(long, env = "EDGE_CALIBRATION")]
     pub calibration: Option<PathBuf>,

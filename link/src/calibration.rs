@@ -14,13 +14,17 @@
 //! sink. Pooled with every other position its value would be diluted a few hundred times, and a
 //! mean-fill of it would be as wrong as a zero-fill. The means, deviations and MSEs of the other
 //! fields are over positions ≥ 1; `max_abs`, `top_share` and `kurtosis` over every row.
+//!
+//! The last boundary (`k = L`, the state that goes straight into the final norm and the head)
+//! also carries transmit gains for [`crate::transform::Normalization::Allocate`]
+//! ([`BoundaryStats::gain`], from [`allocation_gains`]).
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
 /// The file format's name and version; a reader refuses any other.
-pub const FORMAT: &str = "splitinfer-calibration/1";
+pub const FORMAT: &str = "splitinfer-calibration/2";
 /// Dimensions counted in [`BoundaryStats::top_share`].
 pub const TOP: usize = 8;
 /// Floor of a standard deviation used to standardize, so a constant dimension does not divide by 0.
@@ -40,6 +44,42 @@ pub struct BoundaryStats {
     pub kurtosis: f64,
     /// The statistics of position 0 alone (the sequence's first token).
     pub first: RowStats,
+    /// Transmit amplitude gain per dimension after standardization, mean square 1 (see
+    /// [`allocation_gains`]); empty where no sensitivity is known, which means 1 everywhere.
+    /// `splitinfer calibrate` fills it at `k = L` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gain: Vec<f32>,
+}
+
+/// Power allocation across dimensions for an analog link (the transmit gains of
+/// [`crate::transform::Normalization::Allocate`]).
+///
+/// The standardized value `s_d = (y_d − μ_d)/σ_d` is sent as `a_d·s_d`, and the receiver divides by
+/// `a_d`. With noise of power N₀ on every symbol, dimension `d` then errs by `σ_d²·N₀/a_d²` in
+/// the model's units. If the model's output moves by `w_d` per unit squared error in `d` (the
+/// `sensitivity`), the expected damage is `N₀·Σ_d w_d·σ_d²/a_d²`. Under the power constraint
+/// `Σ_d a_d² = n` it is smallest at `a_d² ∝ σ_d·√w_d` (Lagrange: `w_d·σ_d²/a_d⁴` is constant),
+/// which beats plain standardization (`a_d = 1`) by the factor `n·Σc_d² / (Σc_d)²` with
+/// `c_d = σ_d·√w_d` ([`allocation_advantage`]). The same holds inside every packet of a channel
+/// that normalizes each packet's power, since the gains are fixed per dimension.
+///
+/// Returns the amplitudes `a_d`, scaled so that their mean square is 1; all 1 if the products
+/// are all zero.
+pub fn allocation_gains(std: &[f32], sensitivity: &[f32]) -> Vec<f32> {
+    let c: Vec<f64> = std.iter().zip(sensitivity).map(|(&s, &w)| f64::from(s.max(STD_FLOOR)) * f64::from(w.max(0.0)).sqrt()).collect();
+    let mean = c.iter().sum::<f64>() / c.len().max(1) as f64;
+    if !(mean > 0.0 && mean.is_finite()) {
+        return vec![1.0; std.len()];
+    }
+    c.iter().map(|&c| (c / mean).sqrt() as f32).collect()
+}
+
+/// The factor by which the gains of [`allocation_gains`] lower the sensitivity-weighted noise
+/// against plain standardization: `n·Σc_d² / (Σc_d)²` (≥ 1; 1 when every `c_d` is equal).
+pub fn allocation_advantage(std: &[f32], sensitivity: &[f32]) -> f64 {
+    let c: Vec<f64> = std.iter().zip(sensitivity).map(|(&s, &w)| f64::from(s.max(STD_FLOOR)) * f64::from(w.max(0.0)).sqrt()).collect();
+    let sum: f64 = c.iter().sum();
+    if sum > 0.0 { c.len() as f64 * c.iter().map(|c| c * c).sum::<f64>() / (sum * sum) } else { 1.0 }
 }
 
 /// Per-dimension mean and deviation of one class of rows.
@@ -133,6 +173,9 @@ impl Calibration {
             if values.clone().any(|v| !v.is_finite()) || b.std.iter().chain(&b.first.std).any(|&s| s < 0.0) {
                 return Err(bad(format!("boundary {i} has a non-finite mean or a negative or non-finite deviation")));
             }
+            if !b.gain.is_empty() && (b.gain.len() != c.hidden || b.gain.iter().any(|g| !(g.is_finite() && *g > 0.0))) {
+                return Err(bad(format!("boundary {i} has {} transmit gains for hidden size {}, or one that is not positive and finite", b.gain.len(), c.hidden)));
+            }
         }
         Ok(c)
     }
@@ -147,6 +190,7 @@ impl Calibration {
             round(&mut b.std);
             round(&mut b.first.mean);
             round(&mut b.first.std);
+            round(&mut b.gain);
         }
         let json = serde_json::to_string(&c).map_err(|e| Error::InvalidArgument(format!("cannot serialize calibration: {e}")))?;
         std::fs::write(path, json).map_err(|e| Error::Io { what: "cannot write calibration", path: path.into(), source: e })
@@ -232,6 +276,7 @@ impl Accumulator {
             top_dims,
             kurtosis: if var > 0.0 { m4 / (var * var) } else { 0.0 },
             first: first.rows_stats(),
+            gain: Vec::new(),
         }
     }
 }
@@ -277,6 +322,45 @@ mod tests {
         assert!((zero / want_zero - 1.0).abs() < 0.02 && (mean / want_mean - 1.0).abs() < 0.05, "zero-fill {zero} against mean-fill {mean}");
     }
 
+    /// The gains of `allocation_gains` have mean square 1, follow a_d² ∝ σ_d·√w_d, and no other
+    /// allocation of the same power does better on the weighted noise Σ w_d·σ_d²/a_d².
+    #[test]
+    fn allocation_gains_minimize_the_weighted_noise() {
+        let std = [0.5f32, 1.0, 2.0, 4.0, 1e-9];
+        let w = [1.0f32, 9.0, 0.25, 1.0, 0.0];
+        let a = allocation_gains(&std, &w);
+        let ms = a.iter().map(|&a| f64::from(a).powi(2)).sum::<f64>() / a.len() as f64;
+        assert!((ms - 1.0).abs() < 1e-6, "{ms}");
+        // c = σ·√w = 0.5, 3, 1, 4, 0: a² ∝ c.
+        let c = [0.5, 3.0, 1.0, 4.0];
+        for d in 0..4 {
+            assert!((f64::from(a[d]).powi(2) / f64::from(a[0]).powi(2) - c[d] / c[0]).abs() < 1e-5, "{a:?}");
+        }
+        let noise = |a: &[f64]| (0..4).map(|d| f64::from(w[d]) * f64::from(std[d]).powi(2) / (a[d] * a[d])).sum::<f64>();
+        let best: Vec<f64> = a[..4].iter().map(|&x| f64::from(x)).collect();
+        let uniform = vec![1.0; 4];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        for _ in 0..1000 {
+            // A random perturbation, rescaled to the same total power.
+            let mut p: Vec<f64> = best
+                .iter()
+                .map(|&x| {
+                    let z: f64 = StandardNormal.sample(&mut rng);
+                    x * (1.0 + 0.3 * z).abs().max(0.05)
+                })
+                .collect();
+            let scale = (best.iter().map(|x| x * x).sum::<f64>() / p.iter().map(|x| x * x).sum::<f64>()).sqrt();
+            p.iter_mut().for_each(|x| *x *= scale);
+            assert!(noise(&p) >= noise(&best) * (1.0 - 1e-9));
+        }
+        // Plain standardization (the same power: 4 gains of 1 against these 4, whose mean square
+        // is 5/4 because the fifth dimension got none) loses by the stated advantage.
+        let adv = allocation_advantage(&std[..4], &w[..4]);
+        let scaled: Vec<f64> = best.iter().map(|x| x / (best.iter().map(|x| x * x).sum::<f64>() / 4.0).sqrt()).collect();
+        assert!((noise(&uniform) / noise(&scaled) - adv).abs() < 1e-9, "{adv}");
+        assert_eq!(allocation_gains(&[1.0, 2.0], &[0.0, 0.0]), vec![1.0, 1.0]);
+    }
+
     fn sample_file(dir: &Path, sha: &str) -> std::path::PathBuf {
         let c = Calibration {
             format: FORMAT.into(),
@@ -307,7 +391,7 @@ mod tests {
         assert!(e.contains("nope.json: no such file; make one with `splitinfer calibrate"), "{e}");
         std::fs::write(dir.join("old.json"), r#"{"format":"splitinfer-calibration/0","model":"x","model_sha256":"","text":"","tokens":0,"hidden":0,"boundaries":[]}"#).unwrap();
         let e = Calibration::load(&dir.join("old.json"), None).unwrap_err().to_string();
-        assert!(e.contains("format \"splitinfer-calibration/0\", expected \"splitinfer-calibration/1\""), "{e}");
+        assert!(e.contains("format \"splitinfer-calibration/0\", expected \"splitinfer-calibration/2\""), "{e}");
         std::fs::write(dir.join("junk.json"), "k,mean\n").unwrap();
         assert!(Calibration::load(&dir.join("junk.json"), None).unwrap_err().to_string().contains("not a calibration file"));
         let c = Calibration::load(&p, None).unwrap();

@@ -67,6 +67,7 @@ impl From<Normalization> for pb::Normalization {
         match n {
             Normalization::Identity => Self::Identity,
             Normalization::Standardize => Self::Standardize,
+            Normalization::Allocate => Self::Allocate,
         }
     }
 }
@@ -86,7 +87,8 @@ impl LinkSetup {
         let normalization = match pb::Normalization::try_from(normalization) {
             Ok(pb::Normalization::Identity) => Normalization::Identity,
             Ok(pb::Normalization::Standardize) => Normalization::Standardize,
-            Err(_) => return Err(Error::InvalidArgument(format!("normalization {normalization} is not one of identity (0), standardize (1)"))),
+            Ok(pb::Normalization::Allocate) => Normalization::Allocate,
+            Err(_) => return Err(Error::InvalidArgument(format!("normalization {normalization} is not one of identity (0), standardize (1), allocate (2)"))),
         };
         let concealment = match pb::Concealment::try_from(concealment) {
             Ok(pb::Concealment::Zero) => Concealment::Zero,

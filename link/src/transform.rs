@@ -1,7 +1,9 @@
 //! The transmitter's and the receiver's processing of the hidden state around the channel.
 //!
-//! UE: [`Normalization`] (identity, or per-dimension standardization `(y − μ)/σ` with the
-//! calibration statistics of the boundary), then the wire codec. Edge: the codec's decoding,
+//! UE: [`Normalization`] (identity; per-dimension standardization `(y − μ)/σ` with the
+//! calibration statistics of the boundary; or standardization followed by the boundary's transmit
+//! gains, a power allocation towards the dimensions the model is most sensitive to), then the
+//! wire codec. Edge: the codec's decoding,
 //! undoing the normalization, then [`Concealment`] of the elements the channel lost (the
 //! activation's element mask): zero-fill, the reference, or the calibration mean of each
 //! dimension (Sun et al. 2024: fixing massive activations to their mean costs almost nothing,
@@ -24,6 +26,10 @@ pub enum Normalization {
     Identity,
     /// Send `(y − μ_d)/σ_d` per dimension; the receiver multiplies back.
     Standardize,
+    /// Send `a_d·(y − μ_d)/σ_d`, with the boundary's transmit gains `a_d`
+    /// ([`crate::calibration::allocation_gains`]; 1 where the calibration has none, i.e. at
+    /// every `k < L`); the receiver divides by `a_d` and multiplies back.
+    Allocate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
@@ -40,6 +46,7 @@ impl fmt::Display for Normalization {
         f.write_str(match self {
             Self::Identity => "identity",
             Self::Standardize => "standardize",
+            Self::Allocate => "allocate",
         })
     }
 }
@@ -50,7 +57,8 @@ impl FromStr for Normalization {
         match s.to_ascii_lowercase().as_str() {
             "identity" | "none" => Ok(Self::Identity),
             "standardize" => Ok(Self::Standardize),
-            _ => Err(Error::InvalidArgument(format!("unknown normalization {s:?}; expected identity or standardize"))),
+            "allocate" => Ok(Self::Allocate),
+            _ => Err(Error::InvalidArgument(format!("unknown normalization {s:?}; expected identity, standardize or allocate"))),
         }
     }
 }
@@ -86,7 +94,7 @@ pub struct LinkSetup {
 impl LinkSetup {
     /// Whether this setup needs the boundary's calibration statistics.
     pub fn needs_calibration(&self) -> bool {
-        self.normalization == Normalization::Standardize || self.concealment == Concealment::Mean
+        self.normalization != Normalization::Identity || self.concealment == Concealment::Mean
     }
 
     fn stats<'a>(&self, stats: Option<&'a BoundaryStats>, n: usize) -> Result<Option<&'a BoundaryStats>> {
@@ -102,18 +110,27 @@ impl LinkSetup {
         Ok(Some(s))
     }
 
+    /// The transmit gains this setup applies at a boundary: `Allocate`'s, where the calibration
+    /// has them (at every other boundary, and for every other normalization, none: gain 1).
+    fn gains<'a>(&self, stats: &'a BoundaryStats) -> Option<&'a [f32]> {
+        (self.normalization == Normalization::Allocate && !stats.gain.is_empty()).then_some(stats.gain.as_slice())
+    }
+
     /// Transmitter: normalizes `values` (rows of `shape`'s last dimension, the first at absolute
     /// position `position`) and encodes them.
     pub fn encode(&self, shape: Vec<usize>, values: &[f32], stats: Option<&BoundaryStats>, position: usize) -> Result<WireTensor> {
         let n = shape.last().copied().unwrap_or(0);
         let stats = self.stats(stats, n)?;
         match (self.normalization, stats) {
-            (Normalization::Standardize, Some(s)) => {
+            (Normalization::Standardize | Normalization::Allocate, Some(s)) => {
                 let mut v = values.to_vec();
                 for (r, row) in v.chunks_exact_mut(n).enumerate() {
                     let (mean, std) = s.row(position + r);
                     for ((x, &m), &sd) in row.iter_mut().zip(mean).zip(std) {
                         *x = (*x - m) / sd.max(STD_FLOOR);
+                    }
+                    if let Some(gain) = self.gains(s) {
+                        row.iter_mut().zip(gain).for_each(|(x, &a)| *x *= a);
                     }
                 }
                 WireTensor::from_f32(self.dtype, shape, &v)
@@ -136,8 +153,11 @@ impl LinkSetup {
             return Err(Error::InvalidArgument(format!("element mask of {} bytes for {elements} elements; expected {}", erased.len(), elements.div_ceil(8))));
         }
         let mut v = tensor.to_f32_vec();
-        if let (Normalization::Standardize, Some(s)) = (self.normalization, stats) {
+        if let (Normalization::Standardize | Normalization::Allocate, Some(s)) = (self.normalization, stats) {
             for (r, row) in v.chunks_exact_mut(n).enumerate() {
+                if let Some(gain) = self.gains(s) {
+                    row.iter_mut().zip(gain).for_each(|(x, &a)| *x /= a);
+                }
                 let (mean, std) = s.row(position + r);
                 for ((x, &m), &sd) in row.iter_mut().zip(mean).zip(std) {
                     *x = *x * sd.max(STD_FLOOR) + m;
@@ -201,6 +221,33 @@ mod tests {
         }
         let e = std.encode(vec![1, 2, n], &x, None, 1).unwrap_err().to_string();
         assert!(e.contains("need calibration statistics"), "{e}");
+    }
+
+    /// Allocate sends the standardized values times the boundary's gains and the receiver gets
+    /// them back; without gains (every k < L) it is bit-for-bit standardization.
+    #[test]
+    fn allocate_scales_by_the_gains_and_is_standardize_where_there_are_none() {
+        let n = 16;
+        let mut s = stats(n);
+        let x: Vec<f32> = (0..2 * n).map(|i| (i as f32 * 0.7).sin() * 3.0 + if i % n == 1 { 500.0 } else { 0.0 }).collect();
+        let standardize = LinkSetup { normalization: Normalization::Standardize, ..LinkSetup::default() };
+        let allocate = LinkSetup { normalization: Normalization::Allocate, ..LinkSetup::default() };
+        let plain = standardize.encode(vec![2, n], &x, Some(&s), 1).unwrap();
+        assert_eq!(allocate.encode(vec![2, n], &x, Some(&s), 1).unwrap().to_f32_vec(), plain.to_f32_vec());
+        assert_eq!(allocate.decode(&plain, &[], Some(&s), 1).unwrap(), standardize.decode(&plain, &[], Some(&s), 1).unwrap());
+        s.gain = (0..n).map(|d| if d == 1 { 3.0 } else { 0.5 }).collect();
+        let sent = allocate.encode(vec![2, n], &x, Some(&s), 1).unwrap().to_f32_vec();
+        for (i, (a, b)) in sent.iter().zip(plain.to_f32_vec()).enumerate() {
+            assert!((a - b * s.gain[i % n]).abs() < 1e-5, "element {i}: {a} vs {b}");
+        }
+        let back = allocate.decode(&allocate.encode(vec![2, n], &x, Some(&s), 1).unwrap(), &[], Some(&s), 1).unwrap();
+        for (a, b) in x.iter().zip(back) {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        // Standardize ignores gains the calibration has.
+        assert_eq!(standardize.encode(vec![2, n], &x, Some(&s), 1).unwrap().to_f32_vec(), plain.to_f32_vec());
+        assert_eq!("allocate".parse::<Normalization>().unwrap(), Normalization::Allocate);
+        assert!(allocate.encode(vec![1, n], &x[..n], None, 1).unwrap_err().to_string().contains("need calibration statistics"));
     }
 
     /// Position 0 is standardized and concealed with its own statistics (the attention sink's

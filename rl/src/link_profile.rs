@@ -6,8 +6,12 @@
 //! The modes and channels are fixed here, in code, before any result is looked at:
 //! - `raw`: f32 values as they are, no equalizer, lost elements zero-filled (the link before
 //!   there was a receiver);
-//! - `rx`: f32 values standardized per dimension, zero-forcing equalizer, mean concealment;
-//!   `rx-mmse` the same with the MMSE equalizer;
+//! - `rx`: f32 values standardized per dimension and sent with the boundary's transmit gains
+//!   (normalization `allocate`: a power allocation towards the dimensions the head is most
+//!   sensitive to, at k = L only; plain standardization at every k < L), zero-forcing
+//!   equalizer, mean concealment; `rx-mmse` the same with the MMSE equalizer; `rx-std` the same
+//!   as `rx` with plain standardization at every k (what `rx` was before the gains, commit
+//!   5fe7e01 and earlier);
 //! - a codec name (`int8`, `int4`, `int8-outlier`, `int4-outlier`, `f16`): the digital link,
 //!   standardized, mean concealment; with `-id` appended, identity normalization.
 //!
@@ -42,17 +46,18 @@ pub struct Mode {
 
 impl Mode {
     pub fn parse(name: &str) -> Result<Self> {
-        let rx = LinkSetup { dtype: WireDType::F32, normalization: Normalization::Standardize, concealment: Concealment::Mean };
+        let rx = LinkSetup { dtype: WireDType::F32, normalization: Normalization::Allocate, concealment: Concealment::Mean };
         let (setup, equalizer) = match name {
             "raw" => (LinkSetup::default(), Equalizer::None),
             "rx" => (rx, Equalizer::ZeroForcing),
             "rx-mmse" => (rx, Equalizer::Mmse),
+            "rx-std" => (LinkSetup { normalization: Normalization::Standardize, ..rx }, Equalizer::ZeroForcing),
             other => {
                 let (codec, normalization) = match other.strip_suffix("-id") {
                     Some(c) => (c, Normalization::Identity),
                     None => (other, Normalization::Standardize),
                 };
-                let dtype: WireDType = codec.parse().with_context(|| format!("mode {name:?} is not raw, rx, rx-mmse or a codec"))?;
+                let dtype: WireDType = codec.parse().with_context(|| format!("mode {name:?} is not raw, rx, rx-mmse, rx-std or a codec"))?;
                 (LinkSetup { dtype, normalization, concealment: Concealment::Mean }, Equalizer::ZeroForcing)
             }
         };

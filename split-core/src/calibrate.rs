@@ -3,7 +3,7 @@
 //! "learned" genre, [`crate::corpus::calibration_slice`]; the evaluation text is the news genre).
 //! Each window starts at position 0, so position 0's statistics come from one row per window.
 
-use crate::calibration::{Accumulator, BoundaryStats, Calibration, FORMAT};
+use crate::calibration::{Accumulator, BoundaryStats, Calibration, FORMAT, allocation_gains};
 use crate::error::{Error, Result};
 use crate::model::{KvCache, SplitModel};
 
@@ -40,7 +40,9 @@ pub fn boundary_stats(model: &SplitModel, tokens: &[u32], window: usize, progres
     Ok(acc.iter().enumerate().map(|(k, [all, rest, first])| Accumulator::finish(k, all, rest, first)).collect())
 }
 
-/// A whole calibration file's contents for `model` (named `name`, file sha256 `sha256`).
+/// A whole calibration file's contents for `model` (named `name`, file sha256 `sha256`), with the
+/// transmit gains of the last boundary from the head's sensitivity
+/// ([`SplitModel::head_sensitivity`]; `k < L` have no closed-form sensitivity and get none).
 pub fn calibrate(
     model: &SplitModel,
     name: &str,
@@ -50,6 +52,9 @@ pub fn calibrate(
     window: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Calibration> {
+    let mut boundaries = boundary_stats(model, tokens, window, progress)?;
+    let last = boundaries.last_mut().expect("boundaries 0..=L");
+    last.gain = allocation_gains(&last.std, &model.head_sensitivity()?);
     Ok(Calibration {
         format: FORMAT.into(),
         model: name.into(),
@@ -57,7 +62,7 @@ pub fn calibrate(
         text: text_label.into(),
         tokens: tokens.len(),
         hidden: model.config().hidden_size,
-        boundaries: boundary_stats(model, tokens, window, progress)?,
+        boundaries,
         file_sha256: String::new(),
     })
 }

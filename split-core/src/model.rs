@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use candle_core::{Device, IndexOp, Module, Tensor};
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
 
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::{KvCache, LayerKv};
@@ -320,6 +320,19 @@ impl SplitModel {
             cache.advance(1)?;
         }
         (0..hidden.len()).map(|i| Ok(x.narrow(0, i, 1)?)).collect()
+    }
+
+    /// How much the logits move per unit change of each dimension of the last layer's output, to
+    /// first order: `γ_d²·Σ_v W_vd²` with `γ` the final norm's weight and `W` the LM head (the
+    /// norm's common 1/rms factor left out). The sensitivity behind the transmit gains of
+    /// `Normalization::Allocate` at `k = L`.
+    pub fn head_sensitivity(&self) -> Result<Vec<f32>> {
+        let n = self.config.hidden_size;
+        // The head applied to the identity: row d is column d of W (one pass over the weights).
+        let columns = self.lm_head.forward(&Tensor::eye(n, DType::F32, &self.device)?)?;
+        let norms = columns.sqr()?.sum(1)?.to_vec1::<f32>()?;
+        let gamma = self.final_norm.weight.to_vec1::<f32>()?;
+        Ok(norms.iter().zip(&gamma).map(|(w, g)| w * g * g).collect())
     }
 
     /// Final norm and LM head on every position: `[1, seq, hidden]` → `[seq, vocab]` logits.

@@ -42,15 +42,17 @@ async fn standardized_int8_through_the_emulator_equals_the_in_process_link() {
     let mut edge = edge_server::EdgeConfig::for_tests();
     edge.calibration = Some(calibration_path());
     let bed = Testbed::start_with(edge).await;
-    for (k, wire) in [(15, WireDType::I8), (3, WireDType::I4Outlier), (12, WireDType::F32)] {
+    // k = 30 = L with allocate: the calibration's transmit gains on the way and off again.
+    let cases = [(15, WireDType::I8, Normalization::Standardize), (3, WireDType::I4Outlier, Normalization::Standardize), (12, WireDType::F32, Normalization::Standardize), (30, WireDType::F32, Normalization::Allocate)];
+    for (k, wire, normalization) in cases {
         let mut req = greedy_request(PROMPT, k, 12);
         req.wire = wire;
-        req.normalization = Normalization::Standardize;
+        req.normalization = normalization;
         req.concealment = Concealment::Mean;
         req.calibration = Some(calibration());
         let want = in_process(k, &req);
         let got = generate_via(&bed.emulator_url, req.clone()).await.unwrap();
-        assert_eq!(got.token_ids(), want, "k={k} {wire}: the live link differs from the in-process one");
+        assert_eq!(got.token_ids(), want, "k={k} {wire} {normalization}: the live link differs from the in-process one");
         eprintln!("k={k} {wire}: {} of {} tokens equal the monolithic ones", {
             let mono = monolithic(&req);
             mono.iter().zip(&want).filter(|(m, w)| m.0 == **w).count()

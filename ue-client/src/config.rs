@@ -37,8 +37,9 @@ pub struct UeConfig {
     /// (per-32 scale), int8-outlier and int4-outlier (a row's 8 largest values sent apart in f16).
     #[arg(long, env = "UE_WIRE_DTYPE", default_value = "f32")]
     pub wire_dtype: WireDType,
-    /// Transmitter normalization before the codec: identity, or standardize ((y − μ)/σ per
-    /// dimension with the calibration statistics; the edge undoes it). Needs --calibration.
+    /// Transmitter normalization before the codec: identity; standardize ((y − μ)/σ per
+    /// dimension with the calibration statistics; the edge undoes it); or allocate (standardize,
+    /// then the calibration's transmit gains, at k = L only). Needs --calibration.
     #[arg(long, env = "UE_NORMALIZATION", default_value = "identity")]
     pub normalization: Normalization,
     /// What the edge fills lost elements with: zero (the reference) or mean (each dimension's
