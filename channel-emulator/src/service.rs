@@ -155,12 +155,17 @@ impl Edge for Proxy {
                                     }
                                     let held = hold(delay).await;
                                     down_shared.relay.held("down", held);
-                                    if let Some(pb::edge_message::Kind::Token(t)) = msg.kind.as_mut() {
-                                        t.downlink_delay_us = held.as_micros() as u64;
+                                    match msg.kind.as_mut() {
+                                        Some(pb::edge_message::Kind::Token(t)) => t.downlink_delay_us = held.as_micros() as u64,
+                                        Some(pb::edge_message::Kind::Scores(s)) => s.downlink_delay_us = held.as_micros() as u64,
+                                        _ => {}
                                     }
                                 }
-                                if let Some(pb::edge_message::Kind::Token(t)) = msg.kind.as_mut() {
-                                    t.uplink_delay_us = held_up_down.swap(0, std::sync::atomic::Ordering::Relaxed);
+                                let up = || held_up_down.swap(0, std::sync::atomic::Ordering::Relaxed);
+                                match msg.kind.as_mut() {
+                                    Some(pb::edge_message::Kind::Token(t)) => t.uplink_delay_us = up(),
+                                    Some(pb::edge_message::Kind::Scores(s)) => s.uplink_delay_us = up(),
+                                    _ => {}
                                 }
                                 if to_ue.send(Ok(msg)).await.is_err() {
                                     break;

@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::error::EdgeError;
 use crate::metrics::EdgeMetrics;
 use prost::Message;
+use crate::worker::score::ScoreInput;
 use crate::worker::{MigrateInput, OpenParams, SessionId, StepInput, WireKv, Worker};
 use split_core::migrate::Method;
 
@@ -133,7 +134,7 @@ impl SessionTask {
         };
         let params = self.open_params(open).map_err(|e| (None, Status::from(e)))?;
         let k = params.split.k();
-        let (prompt_tokens, open_epoch) = (params.prompt_tokens, params.epoch);
+        let (prompt_tokens, open_epoch, scoring) = (params.prompt_tokens, params.epoch, params.scoring);
         let opened = self.worker.open(params).await.map_err(|e| (None, Status::from(e)))?;
         let id = opened.id.clone();
         tracing::Span::current().record("id", tracing::field::display(&id)).record("split", k);
@@ -155,6 +156,7 @@ impl SessionTask {
                     eos: t.eos,
                     ..Default::default()
                 }),
+                scoring,
             }),
         )
         .await?;
@@ -191,6 +193,30 @@ impl SessionTask {
             };
             let activation = match msg {
                 None => return self.ended(&id).await,
+                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) if scoring => {
+                    let input = score_input(&id, a).map_err(|e| (Some(id.clone()), Status::from(e)))?;
+                    let out = self.worker.score(input).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
+                    self.metrics.step(true, out.queue, out.compute, 1);
+                    self.send(
+                        &id,
+                        pb::edge_message::Kind::Scores(pb::Scores {
+                            logprob: out.logprob,
+                            edge_queue_us: out.queue.as_micros() as u64,
+                            edge_compute_us: out.compute.as_micros() as u64,
+                            // The channel emulator, which held the messages, stamps both delays.
+                            uplink_delay_us: 0,
+                            downlink_delay_us: 0,
+                        }),
+                    )
+                    .await?;
+                    continue;
+                }
+                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) if !a.targets.is_empty() => {
+                    return Err((Some(id), Status::invalid_argument("activation carries targets, but this session was opened to generate (Open.scoring is false)")));
+                }
+                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(_)) }) if scoring => {
+                    return Err((Some(id), Status::invalid_argument("a scoring session keeps its split: open another session to score at another k")));
+                }
                 Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) => a,
                 Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(m)) }) => {
                     let input = migrate_input(&id, m).map_err(|e| (Some(id.clone()), Status::from(e)))?;
@@ -334,6 +360,7 @@ impl SessionTask {
             resume_secret: open.resume_secret,
             link: LinkSetup::from_open(split_core::wire::WireDType::F32, open.normalization, open.concealment)?,
             calibration_sha256: open.calibration_sha256,
+            scoring: open.scoring,
         })
     }
 
@@ -350,6 +377,24 @@ impl SessionTask {
             enqueued: Instant::now(),
         })
     }
+}
+
+/// A scoring session's window: position 0 (each window starts from an empty cache).
+fn score_input(id: &SessionId, a: pb::Activation) -> Result<ScoreInput, EdgeError> {
+    if a.position != 0 {
+        return Err(EdgeError::InvalidArgument(format!("a scoring window starts at position 0 (from an empty cache), not {}", a.position)));
+    }
+    let split = a.split.ok_or_else(|| EdgeError::InvalidArgument("activation carries no split".into()))?;
+    let tensor = a.hidden.ok_or_else(|| EdgeError::InvalidArgument("activation carries no hidden state".into()))?;
+    Ok(ScoreInput {
+        session: id.clone(),
+        split: split.into(),
+        hidden: WireTensor::try_from(tensor)?,
+        erased: a.erased.to_vec(),
+        targets: a.targets,
+        first_row: a.first_scored_row as usize,
+        enqueued: Instant::now(),
+    })
 }
 
 /// Refuses a tensor with a NaN or infinite element.

@@ -12,6 +12,7 @@
 
 mod batch;
 mod prefill;
+pub mod score;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -68,6 +69,8 @@ pub struct OpenParams {
     pub link: LinkSetup,
     /// The calibration file the UE normalizes with; must be the edge's when `link` needs one.
     pub calibration_sha256: String,
+    /// Teacher-forced scoring ([`score`]) instead of generation.
+    pub scoring: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -201,6 +204,7 @@ enum Job {
     /// The session's stream broke: keep it for a resume until it idles out.
     Detach(SessionId),
     Progress(SessionId, oneshot::Sender<Option<Progress>>),
+    Score(score::ScoreInput, oneshot::Sender<Result<score::ScoreOut, EdgeError>>),
     Expire(Duration),
     Count(oneshot::Sender<usize>),
 }
@@ -212,6 +216,7 @@ impl Job {
             Job::Open(p, _) => p.resume.as_ref(),
             Job::Step(s, _) => Some(&s.session),
             Job::Migrate(m, _) => Some(&m.session),
+            Job::Score(s, _) => Some(&s.session),
             Job::Close(id) | Job::Detach(id) | Job::Progress(id, _) => Some(id),
             Job::Expire(_) | Job::Count(_) => None,
         }
@@ -336,6 +341,16 @@ struct Session {
     secret: String,
     sampling: SamplingConfig,
     last_token: Option<LastToken>,
+    /// A scoring session: its windows each run from an empty cache of their own.
+    scoring: bool,
+}
+
+impl Session {
+    /// The positions this session's caches may grow to, which it holds against the KV budget: a
+    /// scoring session's window may be the whole context.
+    fn kv_positions(&self, context_length: usize) -> usize {
+        if self.scoring { context_length } else { self.prompt_tokens + self.max_new_tokens }
+    }
 }
 
 struct State {
@@ -413,6 +428,9 @@ impl State {
             Job::Migrate(m, reply) => {
                 let _ = reply.send(self.migrate(m));
             }
+            Job::Score(s, reply) => {
+                let _ = reply.send(self.score(s));
+            }
             Job::Close(id) => {
                 if let Some(s) = self.sessions.remove(&id) {
                     tracing::debug!(session = %id, client = %s.client, generated = s.generated, "session closed");
@@ -464,6 +482,7 @@ impl State {
                 ("ignore_eos", s.ignore_eos != p.ignore_eos),
                 ("normalization", s.link.normalization != p.link.normalization),
                 ("concealment", s.link.concealment != p.link.concealment),
+                ("scoring", s.scoring != p.scoring),
             ];
             if let Some((field, _)) = differs.iter().find(|(_, d)| *d) {
                 return Err(EdgeError::InvalidArgument(format!("resume of session {id} with another {field} than it was opened with")));
@@ -502,13 +521,19 @@ impl State {
                 self.max_sessions
             )));
         }
-        if p.prompt_tokens == 0 {
+        let limit = self.model.model.config().context_length;
+        if p.scoring {
+            if p.prompt_tokens != 0 || p.max_new_tokens != 0 {
+                return Err(EdgeError::InvalidArgument(format!(
+                    "a scoring session takes its windows as activations: prompt_tokens ({}) and max_new_tokens ({}) must be 0",
+                    p.prompt_tokens, p.max_new_tokens
+                )));
+            }
+        } else if p.prompt_tokens == 0 {
             return Err(EdgeError::InvalidArgument("prompt_tokens is 0: a session needs a prompt".into()));
-        }
-        if p.max_new_tokens == 0 {
+        } else if p.max_new_tokens == 0 {
             return Err(EdgeError::InvalidArgument("max_new_tokens is 0: nothing to generate".into()));
         }
-        let limit = self.model.model.config().context_length;
         if p.prompt_tokens + p.max_new_tokens > limit {
             return Err(EdgeError::ResourceExhausted(format!(
                 "prompt_tokens {} + max_new_tokens {} exceeds the model's context of {limit}",
@@ -517,14 +542,15 @@ impl State {
         }
         // Admission by memory: a session's caches may grow to all its positions in every layer
         // (a split change can move every layer here), and that is what it holds against the budget.
-        let need = self.kv_bytes(p.prompt_tokens + p.max_new_tokens);
-        let committed: u64 = self.sessions.values().map(|s| self.kv_bytes(s.prompt_tokens + s.max_new_tokens)).sum();
+        let positions = if p.scoring { limit } else { p.prompt_tokens + p.max_new_tokens };
+        let need = self.kv_bytes(positions);
+        let committed: u64 = self.sessions.values().map(|s| self.kv_bytes(s.kv_positions(limit))).sum();
         if committed + need > self.kv_budget {
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             return Err(EdgeError::ResourceExhausted(format!(
                 "this session could need {:.1} MiB of KV cache ({} positions), but {:.1} of the edge's {:.0} MiB budget (EDGE_KV_BUDGET_MIB) is committed to {} sessions",
                 mib(need),
-                p.prompt_tokens + p.max_new_tokens,
+                positions,
                 mib(committed),
                 mib(self.kv_budget),
                 self.sessions.len()
@@ -554,6 +580,7 @@ impl State {
                 secret: secret.clone(),
                 sampling: p.sampling,
                 last_token: None,
+                scoring: p.scoring,
             },
         );
         Ok(Opened { id, position: 0, secret, last_token: None })

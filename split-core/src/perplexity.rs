@@ -119,9 +119,22 @@ pub fn windows(n_tokens: usize, cfg: PplConfig) -> Result<Vec<Window>> {
 /// The summed negative log-likelihood of the window's targets and their number, from the final
 /// hidden state `h` (`[1, end − begin, hidden]`) of the window.
 pub fn score(model: &SplitModel, h: &Tensor, tokens: &[u32], win: &Window) -> Result<(f64, usize)> {
-    let rows = h.narrow(1, win.first_target - 1 - win.begin, win.end - win.first_target)?;
+    let picked = target_logprobs(model, h, win.first_target - 1 - win.begin, &tokens[win.first_target..win.end])?;
+    Ok((window_nll(&picked), picked.len()))
+}
+
+/// The log-probability of `targets[i]` predicted from row `first_row + i` of the final hidden
+/// state `h` (`[1, rows, hidden]`): the head and a log-softmax on those rows only. The edge's
+/// scoring mode calls this too, so the networked score is the in-process one.
+pub fn target_logprobs(model: &SplitModel, h: &Tensor, first_row: usize, targets: &[u32]) -> Result<Vec<f32>> {
+    let rows = h.narrow(1, first_row, targets.len())?;
     let logp = candle_nn::ops::log_softmax(&model.head(&rows)?, D::Minus1)?;
-    let targets = Tensor::new(&tokens[win.first_target..win.end], model.device())?.unsqueeze(1)?;
-    let picked = logp.gather(&targets, 1)?.i((.., 0))?.to_vec1::<f32>()?;
-    Ok((-picked.iter().map(|&x| f64::from(x)).sum::<f64>(), picked.len()))
+    let targets = Tensor::new(targets, model.device())?.unsqueeze(1)?;
+    Ok(logp.gather(&targets, 1)?.i((.., 0))?.to_vec1::<f32>()?)
+}
+
+/// A window's summed negative log-likelihood from its targets' log-probabilities, in the order
+/// [`perplexity`] adds them (in f64).
+pub fn window_nll(logprobs: &[f32]) -> f64 {
+    -logprobs.iter().map(|&x| f64::from(x)).sum::<f64>()
 }

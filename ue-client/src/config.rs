@@ -50,7 +50,8 @@ pub struct UeConfig {
     /// file (compared by sha256).
     #[arg(long, env = "UE_CALIBRATION")]
     pub calibration: Option<PathBuf>,
-    #[arg(long, short, env = "UE_PROMPT")]
+    /// The text to continue (not needed with --score).
+    #[arg(long, short, env = "UE_PROMPT", required_unless_present = "score", default_value = "")]
     pub prompt: String,
     /// Wrap the prompt in the model's chat turn format (ChatML).
     #[arg(long, env = "UE_CHAT")]
@@ -98,6 +99,21 @@ pub struct UeConfig {
     pub max_message_bytes: usize,
     #[arg(long, env = "UE_CONNECT_TIMEOUT_MS", default_value_t = 5_000)]
     pub connect_timeout_ms: u64,
+    /// Score this text file instead of generating (teacher-forced): the UE sends windows of it
+    /// through the link and the edge returns the log-probability of each next token; prints the
+    /// perplexity. The windows are `splitinfer ppl`'s (--window, --stride, --max-tokens).
+    #[arg(long, env = "UE_SCORE")]
+    pub score: Option<PathBuf>,
+    /// With --score: tokens of the text to score (0 = all).
+    #[arg(long, env = "UE_MAX_TOKENS", default_value_t = 4096, requires = "score")]
+    pub max_tokens: usize,
+    /// With --score: tokens per window, each from an empty cache.
+    #[arg(long, env = "UE_WINDOW", default_value_t = 512, requires = "score")]
+    pub window: usize,
+    /// With --score: a window starts every this many tokens and scores only its last `stride`
+    /// targets (as `splitinfer ppl`).
+    #[arg(long, env = "UE_STRIDE", default_value_t = 256, requires = "score")]
+    pub stride: usize,
     /// Print one JSON object (text, tokens, timings) instead of streaming text.
     #[arg(long, env = "UE_JSON")]
     pub json: bool,

@@ -10,6 +10,7 @@
 pub mod config;
 pub mod metrics;
 pub mod report;
+pub mod score;
 pub mod session;
 
 use std::sync::Arc;
@@ -227,9 +228,7 @@ fn activation(position: u64, split: Split, hidden: WireTensor, took: Duration) -
             split: Some(split.into()),
             hidden: Some(hidden.into()),
             ue_compute_us: took.as_micros() as u64,
-            erasure_mask: Default::default(),
-            uplink_delay_us: 0,
-            erased: Default::default(),
+            ..Default::default()
         })),
     }
 }

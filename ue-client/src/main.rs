@@ -32,6 +32,9 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
         Some(p) => Some(Arc::new(split_core::calibration::Calibration::load(p, Some(&model.sha256))?)),
         None => None,
     };
+    if let Some(path) = &config.score {
+        return score(&config, model, calibration, path).await;
+    }
     let prompt = if config.chat {
         format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", config.prompt)
     } else {
@@ -127,6 +130,48 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
     } else {
         println!();
         eprint!("{}", report.breakdown());
+    }
+    Ok(())
+}
+
+/// `--score FILE`: the text's perplexity through the link, at the first `--edge`.
+async fn score(
+    config: &UeConfig,
+    model: Arc<LoadedModel>,
+    calibration: Option<Arc<split_core::calibration::Calibration>>,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut tokens = model.tokenizer.encode(&text)?;
+    if config.max_tokens > 0 {
+        tokens.truncate(config.max_tokens);
+    }
+    let tls = splitinfer_telemetry::Tls::load(&config.tls)?;
+    let url = config.edge.first().context("--edge names no server")?;
+    let mut client = ue_client::connect_tls(url, &tls, config.max_message_bytes, Duration::from_millis(config.connect_timeout_ms)).await?;
+    let req = ue_client::score::ScoreRequest {
+        tokens,
+        split: model.model.split_point(config.split)?,
+        ppl: split_core::perplexity::PplConfig { window: config.window, stride: config.stride },
+        link: split_core::transform::LinkSetup { dtype: config.wire_dtype, normalization: config.normalization, concealment: config.concealment },
+        calibration,
+        client: config.name.clone(),
+        window_timeout: Duration::from_millis(config.step_timeout_ms.max(1)),
+    };
+    let json = config.json;
+    let report = ue_client::score::score(&mut client, model, &req, &mut |done, total| {
+        if !json {
+            eprintln!("score: window {done}/{total}");
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "ppl {:.4} (mean NLL {:.6}) over {} tokens in {} windows at k={} through {url}, {:.1}s (UE layers {:.0} ms, uplink air time {:.0} ms, edge {:.0} ms)",
+            report.ppl, report.mean_nll, report.scored_tokens, report.windows, report.k, report.seconds, report.ue_compute_ms, report.uplink_ms, report.edge_compute_ms
+        );
     }
     Ok(())
 }

@@ -150,6 +150,7 @@ impl<'a> Conn<'a> {
                 normalization: pb::Normalization::from(req.normalization) as i32,
                 concealment: pb::Concealment::from(req.concealment) as i32,
                 calibration_sha256: req.calibration.as_ref().map(|c| c.file_sha256.clone()).unwrap_or_default(),
+                scoring: false,
             })),
         }
     }
