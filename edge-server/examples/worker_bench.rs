@@ -56,6 +56,7 @@ async fn session(
             resume_secret: String::new(),
             link: Default::default(),
             calibration_sha256: String::new(),
+            scoring: false,
         })
         .await?;
     let mut ue = KvCache::new(0..k);

@@ -213,6 +213,7 @@ mod tests {
             resume_secret: String::new(),
             link: Default::default(),
             calibration_sha256: String::new(),
+            scoring: false,
         }
     }
 
