@@ -17,7 +17,7 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 # candle re-reads the CPU count on every f32 matmul unless this is set (~10% of a decode step).
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
 # The UE and the edge share this machine's cores: candle's matmul worker should not spin long for
-# more work when the other process needs the core (README "Thread settings": ~20% faster decode).
+# more work when the other process needs the core (docs/performance.md, "Thread settings": ~20% faster decode).
 export CANDLE_BARRIER_POOL_SPIN_LIMIT="${CANDLE_BARRIER_POOL_SPIN_LIMIT:-2000}"
 
 echo "demo: building (the first build compiles candle: several minutes)..." >&2

@@ -2,7 +2,7 @@
 //! ones applied, over reconnections and agent restarts.
 //!
 //! The follower never fails: while the agent is absent there are simply no new decisions, and
-//! the last one received stays the latest (design.md §5: the UE and the edge keep the last split
+//! the last one received stays the latest (docs/design.md, Online agent: the UE and the edge keep the last split
 //! they had). Epochs only ever increase here; a decision whose epoch is not above the latest is
 //! dropped.
 //!

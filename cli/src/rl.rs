@@ -1,4 +1,4 @@
-//! `splitinfer rl …`: the model-based RL pipeline of design.md §5 from the command line: the
+//! `splitinfer rl …`: the model-based RL pipeline (docs/design.md, Model-based RL) from the command line: the
 //! profile of the real environment, and the report that trains and compares every policy.
 
 use std::io::IsTerminal;

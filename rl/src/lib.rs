@@ -1,4 +1,4 @@
-//! Model-based reinforcement learning for the split agent (design.md §5): the real environment,
+//! Model-based reinforcement learning for the split agent (docs/design.md, Model-based RL): the real environment,
 //! the profile, the reward and its surrogate, the learners and baselines, and the report.
 
 pub mod algo;

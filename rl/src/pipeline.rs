@@ -1,4 +1,4 @@
-//! The whole experiment of design.md §5 in one call, each costly stage cached on disk so a rerun
+//! The whole experiment (docs/design.md, Model-based RL) in one call, each costly stage cached on disk so a rerun
 //! (or a stopped run) continues where it was: the profile (its CSV), the oracle's table (its
 //! CSV) and model-free PPO (its JSON). Training on the surrogate takes minutes and is redone.
 

@@ -1,4 +1,4 @@
-//! The reward of choosing split `k` in a channel state (design.md §5): a weighted trade-off of
+//! The reward of choosing split `k` in a channel state (docs/design.md, Model-based RL): a weighted trade-off of
 //! quality, UE load, latency and switching, or the authors' reward as a preset.
 //!
 //! - quality: `PPL_clean / PPL` in (0, 1] (weighted) or `(PPL_clean − PPL) / PPL_clean` ≤ 0 (paper);
@@ -14,7 +14,9 @@ use crate::real::ChannelState;
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub enum Weights {
     Weighted { quality: f64, load: f64, latency: f64, switch: f64 },
-    /// `α·(PPL_init − PPL_new)/PPL_init + β·(k_max − k)/k_max` (no latency, no switching cost).
+    /// The paper's reward, `α·(PPL_init − PPL_new)/PPL_init + β·(k_max − k)/k_max` (no latency,
+    /// no switching cost), with PPL_init taken as the clean perplexity `PPL_clean` (the model's
+    /// own, without a channel), which is what [`RewardModel::quality`] computes.
     Paper { alpha: f64, beta: f64 },
 }
 

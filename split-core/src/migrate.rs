@@ -1,5 +1,5 @@
 //! Live split changes: the layers that change sides need their KV caches on the new side
-//! (design.md §3). Two ways, both exact:
+//! (docs/design.md, Split semantics). Two ways, both exact:
 //!
 //! - **transfer**: the side giving up the layers ships their key/value entries;
 //! - **recompute**: the side taking them replays the hidden states at the lower boundary of the

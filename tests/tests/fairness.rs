@@ -3,7 +3,7 @@
 //! its solo figure (the 3× target is met in most runs, not all: see docs/survive.md); the edge's peak memory grows by the prompt's caches, not by a 4,096² attention.
 //!
 //! The UE and the edge share this machine's cores, so both run with the shared-machine setting
-//! the README's "Thread settings" and the compose testbed use (`CANDLE_BARRIER_POOL_SPIN_LIMIT`
+//! docs/performance.md's "Thread settings" and the compose testbed use (`CANDLE_BARRIER_POOL_SPIN_LIMIT`
 //! 2000): with candle's default, each process's idle matmul workers spin on the cores the other
 //! needs, which makes even the solo figure swing between 12 and 25 ms here.
 

@@ -743,9 +743,9 @@ async fn main() -> Result<()> {
         "| 16 sessions ≥ 2× one session's decode throughput | {sixteen_ratio:.2}× | {} | {} |",
         met(sixteen_ratio >= 2.0),
         if sixteen_ratio >= 2.0 {
-            "the UEs run in this process on the same 2 cores as the edge; the edge alone: `split-core/examples/batch_bench.rs` (README)".to_string()
+            "the UEs run in this process on the same 2 cores as the edge; the edge alone: `split-core/examples/batch_bench.rs` (docs/performance.md)".to_string()
         } else {
-            format!("the UEs run in this process on the same 2 cores as the edge (the edge alone: `split-core/examples/batch_bench.rs`, README). {}", profile::note("sessions", &profile))
+            format!("the UEs run in this process on the same 2 cores as the edge (the edge alone: `split-core/examples/batch_bench.rs`, docs/performance.md). {}", profile::note("sessions", &profile))
         }
     ));
 
