@@ -175,6 +175,7 @@ async fn worker_session(worker: Worker, prompt: &str, k: usize, new_tokens: usiz
             resume_secret: String::new(),
             link: Default::default(),
             calibration_sha256: String::new(),
+            scoring: false,
         })
         .await
         .unwrap();
