@@ -26,6 +26,16 @@ pub struct Observation {
     /// Whether impairments act on the link now (impaired and not paused).
     pub impaired: bool,
     pub channel_version: u64,
+    /// The edge's load at the last poll of its `Info` (through the emulator); `None` when that
+    /// poll failed or has not happened.
+    pub edge: Option<EdgeLoad>,
+}
+
+/// What the edge carries (`InfoResponse`): open sessions, and the layers it runs for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeLoad {
+    pub sessions: u32,
+    pub layers: u32,
 }
 
 impl Observation {
@@ -51,6 +61,7 @@ impl Observation {
             mean_delay_ms,
             impaired,
             channel_version: s.channel_version,
+            edge: None,
         }
     }
 
@@ -65,6 +76,9 @@ impl Observation {
             mean_delay_ms: self.mean_delay_ms,
             impaired: self.impaired,
             channel_version: self.channel_version,
+            edge_load_known: self.edge.is_some(),
+            edge_sessions: self.edge.map_or(0, |e| e.sessions),
+            edge_layers: self.edge.map_or(0, |e| e.layers),
         }
     }
 
@@ -80,6 +94,7 @@ impl Observation {
             mean_delay_ms: 0.0,
             impaired: true,
             channel_version: 0,
+            edge: None,
         }
     }
 }

@@ -1,19 +1,26 @@
 //! The statistics client: follows the emulator's `WatchStats` stream and turns each message into
 //! an observation, reconnecting with backoff when the stream breaks or stalls. While it is down
-//! the decision in force stays; nothing is decided without observations.
+//! the decision in force stays; nothing is decided without observations. At most once a second it
+//! also asks the edge for its load (`Info`, which the emulator forwards), and each observation
+//! carries the last answer.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use splitinfer_proto::v1 as pb;
+use splitinfer_proto::v1::edge_client::EdgeClient;
 use splitinfer_proto::v1::emulator_client::EmulatorClient;
 use tokio_util::sync::CancellationToken;
 use splitinfer_telemetry::Tls;
 use tonic::transport::Endpoint;
 
 use crate::backoff::Backoff;
-use crate::observation::Observation;
+use crate::observation::{EdgeLoad, Observation};
 use crate::state::Shared;
+
+/// How often the edge's load is asked for, and how long an answer may take.
+const EDGE_POLL: Duration = Duration::from_secs(1);
+const EDGE_POLL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown`.
 pub async fn watch(url: String, tls: Tls, period_ms: u32, state: Arc<Shared>, shutdown: CancellationToken) {
@@ -63,10 +70,12 @@ async fn follow(endpoint: &Endpoint, period_ms: u32, stall: Duration, state: &Sh
         Ok(c) => c,
         Err(e) => return format!("cannot connect: {e}"),
     };
+    let mut edge = EdgeClient::new(channel.clone());
     let mut stream = match EmulatorClient::new(channel).watch_stats(pb::WatchStatsRequest { period_ms }).await {
         Ok(r) => r.into_inner(),
         Err(s) => return format!("WatchStats refused: {}: {}", s.code(), s.message()),
     };
+    let (mut load, mut polled): (Option<EdgeLoad>, Option<Instant>) = (None, None);
     loop {
         let message = match tokio::time::timeout(stall, stream.message()).await {
             Err(_) => return format!("no statistics for {} ms", stall.as_millis()),
@@ -74,7 +83,17 @@ async fn follow(endpoint: &Endpoint, period_ms: u32, stall: Duration, state: &Sh
             Ok(Ok(None)) => return "stream ended".into(),
             Ok(Ok(Some(m))) => m,
         };
-        let obs = Observation::from_stats(&message);
+        if polled.is_none_or(|t| t.elapsed() >= EDGE_POLL) {
+            polled = Some(Instant::now());
+            load = match tokio::time::timeout(EDGE_POLL_TIMEOUT, edge.info(pb::InfoRequest {})).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    Some(EdgeLoad { sessions: r.active_sessions, layers: r.edge_layers })
+                }
+                _ => None,
+            };
+        }
+        let obs = Observation { edge: load, ..Observation::from_stats(&message) };
         let mut s = state.lock();
         if !s.stats_connected() {
             s.set_stats_connected(true);

@@ -58,6 +58,7 @@ impl Edge for EdgeService {
 
     async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
         let c = self.model.model.config();
+        let load = self.worker.load().await.map_err(Status::from)?;
         Ok(Response::new(pb::InfoResponse {
             model_name: c.name.clone(),
             architecture: c.architecture.gguf_name().into(),
@@ -66,7 +67,8 @@ impl Edge for EdgeService {
             hidden_size: c.hidden_size as u32,
             vocab_size: c.vocab_size as u32,
             context_length: c.context_length as u32,
-            active_sessions: self.worker.active_sessions().await.map_err(Status::from)? as u32,
+            active_sessions: load.sessions as u32,
+            edge_layers: load.layers as u32,
         }))
     }
 }

@@ -153,6 +153,14 @@ pub struct MigrateOut {
     pub compute: Duration,
 }
 
+/// What the edge carries now: open sessions (attached or kept for a resume) and, summed over them,
+/// the layers it runs for each (`L − k`), i.e. the layer-steps of one decode round of them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Load {
+    pub sessions: usize,
+    pub layers: usize,
+}
+
 /// Where a session stands: prefill still short of the prompt, and whether it is done.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -206,7 +214,7 @@ enum Job {
     Progress(SessionId, oneshot::Sender<Option<Progress>>),
     Score(score::ScoreInput, oneshot::Sender<Result<score::ScoreOut, EdgeError>>),
     Expire(Duration),
-    Count(oneshot::Sender<usize>),
+    Count(oneshot::Sender<Load>),
 }
 
 impl Job {
@@ -303,6 +311,11 @@ impl Worker {
     }
 
     pub async fn active_sessions(&self) -> Result<usize, EdgeError> {
+        Ok(self.load().await?.sessions)
+    }
+
+    /// The sessions open now and the layers this edge runs for them.
+    pub async fn load(&self) -> Result<Load, EdgeError> {
         self.call(Job::Count).await
     }
 
@@ -451,7 +464,9 @@ impl State {
             }
             Job::Expire(idle) => self.expire(idle),
             Job::Count(reply) => {
-                let _ = reply.send(self.sessions.len());
+                let n = self.model.model.n_layers();
+                let layers = self.sessions.values().map(|s| n - s.split.k()).sum();
+                let _ = reply.send(Load { sessions: self.sessions.len(), layers });
             }
         }
     }

@@ -157,6 +157,7 @@ impl Chooser for ThresholdTable {
             mean_delay_ms: 0.0,
             impaired: true,
             channel_version: 0,
+            edge: None,
         };
         let p = self.policy.as_mut().expect("set above").decide(&obs, prev.map(|k| k as u32));
         Ok(p.k as usize)

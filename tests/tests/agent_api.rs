@@ -471,6 +471,7 @@ async fn the_policy_the_report_trained_decides_live() {
             mean_delay_ms: i.mean_delay_ms,
             impaired: i.impaired,
             channel_version: i.channel_version,
+            edge: i.edge_load_known.then_some(agent::observation::EdgeLoad { sessions: i.edge_sessions, layers: i.edge_layers }),
         };
         let want = policy.choose(&policy.raw_features(&obs, prev));
         assert_eq!(k(d), want, "decision {:?} with k {prev:?} in force", d.reason);

@@ -231,3 +231,55 @@ async fn killing_the_agent_does_not_disturb_generation_and_a_restart_resumes_dec
     drop(second_agent.lock().unwrap().take());
     bed.shutdown().await;
 }
+
+/// The agent sees the edge's load: each observation carries the sessions the edge has open and
+/// the layers it runs for them (its Info, polled through the emulator once a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn observations_carry_the_edges_load() {
+    let bed = Testbed::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_url = format!("http://{}", listener.local_addr().unwrap());
+    let config = agent::AgentConfig::for_tests(bed.emulator_url.clone());
+    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_task = tokio::spawn(agent::run(listener, config, async move {
+        let _ = stopped.await;
+    }));
+    let load = |s: &pb::AgentStatus| s.observation.as_ref().filter(|o| o.edge_load_known).map(|o| (o.edge_sessions, o.edge_layers));
+    let idle = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(mut c) = AgentClient::connect(agent_url.clone()).await
+                && let Ok(s) = c.status(pb::StatusRequest { history: 0 }).await
+                && let Some(l) = load(&s.into_inner())
+            {
+                return l;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("no observation with the edge's load within 20 s");
+    assert_eq!(idle, (0, 0), "an idle edge");
+    // A generation at k = 10 while the agent watches: the edge runs 30 − 10 = 20 layers for it.
+    let (emulator, seen) = (bed.emulator_url.clone(), std::sync::Arc::new(std::sync::Mutex::new(Vec::new())));
+    let mut req = greedy_request(PROMPT, 10, 400);
+    req.ignore_eos = true;
+    let (u, s2) = (agent_url.clone(), seen.clone());
+    let watcher = tokio::spawn(async move {
+        let mut c = AgentClient::connect(u).await.unwrap();
+        loop {
+            let st = c.status(pb::StatusRequest { history: 0 }).await.unwrap().into_inner();
+            if let Some(l) = load(&st) {
+                s2.lock().unwrap().push(l);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut client = ue_client::connect(&emulator, 64 << 20, Duration::from_secs(5)).await.unwrap();
+    ue_client::generate(&mut client, shared_model(), req, |_| {}).await.unwrap();
+    watcher.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains(&(1, 20)), "the agent never saw the session's load: {seen:?}");
+    let _ = stop_agent.send(());
+    agent_task.await.unwrap().unwrap();
+    bed.shutdown().await;
+}
