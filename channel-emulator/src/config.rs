@@ -48,6 +48,11 @@ pub struct EmulatorConfig {
     /// emulator is a pure pass-through that changes no byte and adds no delay.
     #[arg(long, env = "EMU_CHANNEL")]
     pub channel: bool,
+    /// The UEs whose streams are open through this emulator share the uplink evenly: each gets
+    /// (B/N)·log2(1 + γ) with N the streams open when its message is sent (or the fixed rate / N),
+    /// so air time grows with the number of UEs. Without it every UE has the whole link.
+    #[arg(long, env = "EMU_SHARED_UPLINK")]
+    pub shared_uplink: bool,
     #[command(flatten)]
     pub channel_args: ChannelArgs,
     /// Bearer token that authorizes SetChannel (metadata `authorization: Bearer <token>`).

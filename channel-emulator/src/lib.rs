@@ -101,6 +101,8 @@ pub async fn run_with_metrics(
         seed: config.channel_args.channel_seed,
         sessions: std::sync::atomic::AtomicU64::new(0),
         max_message_bytes: config.max_message_bytes,
+        active: Default::default(),
+        shared_uplink: config.shared_uplink,
     })
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);

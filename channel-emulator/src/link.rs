@@ -38,6 +38,8 @@ pub trait Uplink: Send {
     /// May change `activation` in place (`tensor` is its decoded hidden state); returns what the
     /// transmission did, including its air time, which the proxy waits before forwarding.
     fn transmit(&mut self, activation: &mut pb::Activation, tensor: &WireTensor) -> Transmission;
+    /// The UEs that share the uplink now, this one included (see `--shared-uplink`).
+    fn set_sharers(&mut self, _n: usize) {}
 }
 
 /// A clean link: forwards the bytes unchanged, at once.
@@ -57,13 +59,17 @@ pub struct Impaired {
 }
 
 impl Uplink for Impaired {
+    fn set_sharers(&mut self, n: usize) {
+        self.channel.set_sharers(n);
+    }
+
     fn transmit(&mut self, activation: &mut pb::Activation, tensor: &WireTensor) -> Transmission {
         if self.channel.config().is_clean() {
             // Only air time: the bytes go through untouched.
             let mut none = Vec::new();
             let mut t = self.channel.transmit(&mut none, tensor.dtype().bits());
             let bits = (tensor.data().len() * 8) as f64;
-            t.airtime += Duration::from_secs_f64(self.channel.config().link.serialization_s(bits, 10f64.powf(self.channel.config().snr_db / 10.0)));
+            t.airtime += Duration::from_secs_f64(self.channel.serialization_s(bits, 10f64.powf(self.channel.config().snr_db / 10.0)));
             return t;
         }
         match self.channel.transmit_wire(tensor) {

@@ -23,6 +23,25 @@ pub struct Proxy {
     pub(crate) sessions: std::sync::atomic::AtomicU64,
     /// The largest message accepted, for the words of a refusal.
     pub(crate) max_message_bytes: usize,
+    /// UE streams open now; with `shared_uplink` each gets an equal share of the uplink.
+    pub(crate) active: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) shared_uplink: bool,
+}
+
+/// Counts a UE stream as open while it lives.
+struct Active(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Active {
+    fn new(n: &std::sync::Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 type Reply = Result<pb::EdgeMessage, Status>;
@@ -47,6 +66,7 @@ impl Edge for Proxy {
         let held_up_down = held_up.clone();
         let seed = self.seed;
         let max_message_bytes = self.max_message_bytes;
+        let (active, shared_uplink) = (Active::new(&self.active), self.shared_uplink);
         // The link follows the shared channel: rebuilt when its version changes, so a switch
         // takes effect at the session's next message. Seeds stay a function of (seed, session,
         // version), so a run replays.
@@ -83,6 +103,9 @@ impl Edge for Proxy {
                                     if now.version != snap.version {
                                         snap = now;
                                         link = build(&snap);
+                                    }
+                                    if shared_uplink {
+                                        link.set_sharers(active.0.load(std::sync::atomic::Ordering::Relaxed));
                                     }
                                     let started = std::time::Instant::now();
                                     let (kind, delay) = match msg.kind.as_mut() {

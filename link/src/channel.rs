@@ -242,6 +242,9 @@ pub struct Channel {
     loss: Option<loss::OutageLoss>,
     awgn: Option<awgn::Awgn>,
     erasure: Option<erasure::ElementErasure>,
+    /// UEs sharing the uplink's bandwidth (or fixed rate) evenly, this one among them: each gets
+    /// (B/N)·log2(1 + γ). 1 unless the owner says otherwise ([`Channel::set_sharers`]).
+    sharers: usize,
 }
 
 impl std::fmt::Debug for Channel {
@@ -259,11 +262,22 @@ impl Channel {
             .map(|l| loss::OutageLoss::new(config.snr_db, l.rate_bps, l.bandwidth_hz, l.retransmissions, fading.clone()));
         let awgn = config.noise.then(|| awgn::Awgn::new(config.snr_db, config.equalizer));
         let erasure = config.erasure_p.map(erasure::ElementErasure::new);
-        Ok(Self { rng: StdRng::seed_from_u64(seed), config, fading, loss, awgn, erasure })
+        Ok(Self { rng: StdRng::seed_from_u64(seed), config, fading, loss, awgn, erasure, sharers: 1 })
     }
 
     pub fn config(&self) -> &ChannelConfig {
         &self.config
+    }
+
+    /// Shares the uplink evenly among `n` UEs (at least 1) from the next message on: the link
+    /// rate, fixed or Shannon's, is divided by `n`, so every air time is `n` times as long.
+    pub fn set_sharers(&mut self, n: usize) {
+        self.sharers = n.max(1);
+    }
+
+    /// Seconds to send `bits` once at linear SNR `snr`, at this UE's share of the link.
+    pub fn serialization_s(&self, bits: f64, snr: f64) -> f64 {
+        self.config.link.serialization_s(bits, snr) * self.sharers as f64
     }
 
     /// Perturbs `values` (elements of `elem_bits` each on the wire) in place, as the analog link.
@@ -290,7 +304,7 @@ impl Channel {
                 // HARQ's latency budget caps the attempts: each takes this packet's air time at
                 // the mean SNR (the fixed rate, or Shannon's at γ̄).
                 if let Some(budget_ms) = self.config.loss.and_then(|c| c.budget_ms) {
-                    let attempt_s = self.config.link.serialization_s(bits, mean_snr);
+                    let attempt_s = self.config.link.serialization_s(bits, mean_snr) * self.sharers as f64;
                     let fit = (budget_ms / 1e3 / attempt_s).floor().max(1.0);
                     l.limit = Some((fit as u32).saturating_sub(1));
                 }
@@ -304,8 +318,7 @@ impl Channel {
                 e.apply(&mut p, &mut self.rng);
             }
             // Failed attempts ran at the first draw's rate; the last at the gain that got through.
-            airtime_s += f64::from(p.attempts - 1) * self.config.link.serialization_s(bits, first_gain * mean_snr)
-                + self.config.link.serialization_s(bits, p.gain * mean_snr);
+            airtime_s += f64::from(p.attempts - 1) * self.serialization_s(bits, first_gain * mean_snr) + self.serialization_s(bits, p.gain * mean_snr);
             t.bits_sent += u64::from(p.attempts) * bits as u64;
             if i % 8 == 0 {
                 t.erasure_mask.push(0);
@@ -350,7 +363,7 @@ impl Channel {
         let mut t = self.transmit_packets(&mut shadow, dtype.bits(), false);
         let side_bits = (tensor.side_len() * 8) as f64;
         let mean_snr = 10f64.powf(self.config.snr_db / 10.0);
-        t.airtime += Duration::from_secs_f64(self.config.link.serialization_s(side_bits, mean_snr).min(3600.0));
+        t.airtime += Duration::from_secs_f64(self.serialization_s(side_bits, mean_snr).min(3600.0));
         t.bits_sent += side_bits as u64;
         let mut out = tensor.clone();
         out.zero_elements(&t.erased);
@@ -465,6 +478,22 @@ mod tests {
     }
 
     /// HARQ stops at the latency budget: with room for two attempts, K = 5 acts as K = 1.
+    #[test]
+    fn a_shared_uplink_divides_the_rate_among_its_ues() {
+        let config = ChannelConfig { link: LinkModel { rate_bps: None, bandwidth_hz: 1e6, propagation_ms: 0.0 }, snr_db: 10.0, ..ChannelConfig::default() };
+        let mut alone = Channel::new(config.clone(), 1).unwrap();
+        let mut shared = Channel::new(config, 1).unwrap();
+        shared.set_sharers(4);
+        let values = vec![1.0f32; 576];
+        let (a, b) = (alone.transmit(&mut values.clone(), 32), shared.transmit(&mut values.clone(), 32));
+        // 576 × 32 bits at 1 MHz · log2(11): 5.33 ms alone, four times that at a quarter share.
+        let want = 576.0 * 32.0 / (1e6 * 11f64.log2());
+        assert!((a.airtime.as_secs_f64() - want).abs() < 1e-6, "{:?}", a.airtime);
+        assert!((b.airtime.as_secs_f64() - 4.0 * want).abs() < 1e-6, "{:?}", b.airtime);
+        shared.set_sharers(0);
+        assert!((shared.transmit(&mut values.clone(), 32).airtime.as_secs_f64() - want).abs() < 1e-6, "0 UEs counts as 1");
+    }
+
     #[test]
     fn harq_budget_caps_the_attempts() {
         let loss = |budget_ms| LossConfig { rate_bps: 2e6, bandwidth_hz: 1e6, retransmissions: 5, budget_ms };
