@@ -1,6 +1,7 @@
 //! Every service's Prometheus endpoint, scraped while real traffic flows: the text parses, the key
 //! series are there, and they move by what the traffic did. And the UE's per-token breakdown
-//! splits the network time into uplink and downlink.
+//! splits the network time into uplink and downlink, and the Grafana dashboard reads only series
+//! the services export.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -92,6 +93,50 @@ async fn ue_client_breakdown_and_metrics() {
     }
     assert_eq!(sample(&scrapes[1], "splitinfer_ue_split", &[]), 6.0);
     assert!(sample(&scrapes[1], "splitinfer_ue_bytes_total", &[("direction", "up")]) > 0.0);
+
+    // The Grafana dashboard reads only series these services export: the UE's (scraped above),
+    // the edge's and the emulator's, and an agent's watching this emulator.
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut agent_config = agent::AgentConfig::for_tests(bed.emulator_url.clone());
+    agent_config.metrics_listen = Some(agent_metrics);
+    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent_task = tokio::spawn(agent::run(agent_listener, agent_config, async move {
+        let _ = stopped.await;
+    }));
+    // A refused session, so the edge's error counter has a series to show.
+    generate_via(&bed.emulator_url, greedy_request("The capital of France is", 10, 100_000)).await.unwrap_err();
+    let mut exported: std::collections::BTreeSet<String> = scrapes[1].iter().map(|x| x.name.clone()).collect();
+    exported.extend(scrape(&bed.edge_metrics).await.into_iter().map(|x| x.name));
+    exported.extend(scrape(&bed.emulator_metrics).await.into_iter().map(|x| x.name));
+    let mut agent_samples = Vec::new();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(agent_metrics).await.is_ok() {
+            agent_samples = scrape(&agent_metrics.to_string()).await;
+            if agent_samples.iter().any(|x| x.name == "splitinfer_agent_observation_snr_db") {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    exported.extend(agent_samples.into_iter().map(|x| x.name));
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/splitinfer.json")).unwrap()).unwrap();
+    let mut referenced = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for (i, _) in expr.match_indices("splitinfer_") {
+                let name: String = expr[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                referenced.insert(name);
+            }
+        }
+    }
+    assert!(referenced.len() >= 10, "the dashboard references only {referenced:?}");
+    let missing: Vec<&String> = referenced.iter().filter(|n| !exported.contains(*n)).collect();
+    assert!(missing.is_empty(), "the Grafana dashboard reads series no service exports: {missing:?}");
+    let _ = stop_agent.send(());
+    agent_task.await.unwrap().unwrap();
 
     let out = child.wait_with_output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
