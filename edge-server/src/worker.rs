@@ -381,6 +381,30 @@ struct State {
     kv_budget: u64,
 }
 
+/// The receiver's half of the link for an activation at split `k` whose first row is at
+/// `position`: the codec decoded, the UE's normalization undone and lost elements concealed, as a
+/// `[1, rows, hidden]` tensor. Refuses a non-finite value. `hidden`'s shape is checked by the caller.
+fn receive(
+    calibration: Option<&Calibration>,
+    model: &split_core::model::SplitModel,
+    link: LinkSetup,
+    k: usize,
+    hidden: &WireTensor,
+    erased: &[u8],
+    position: usize,
+) -> Result<Tensor, EdgeError> {
+    let setup = LinkSetup { dtype: hidden.dtype(), ..link };
+    let stats = match calibration {
+        Some(c) if setup.needs_calibration() => Some(c.boundary(k)?),
+        _ => None,
+    };
+    let values = setup.decode(hidden, erased, stats, position)?;
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(EdgeError::InvalidArgument(format!("activation holds a non-finite value {v} at element {i}")));
+    }
+    Ok(Tensor::from_vec(values, hidden.shape().to_vec(), model.device())?)
+}
+
 /// 128 bits from the thread's CSPRNG (ChaCha, seeded from the OS), as hex.
 fn random_hex() -> String {
     use rand::Rng;
@@ -669,16 +693,7 @@ impl State {
                 )));
             }
         }
-        let setup = LinkSetup { dtype: s.hidden.dtype(), ..sess.link };
-        let stats = match &self.calibration {
-            Some(c) if setup.needs_calibration() => Some(c.boundary(sess.split.k())?),
-            _ => None,
-        };
-        let values = setup.decode(&s.hidden, &s.erased, stats, pos)?;
-        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(EdgeError::InvalidArgument(format!("activation holds a non-finite value {v} at element {i}")));
-        }
-        let x = Tensor::from_vec(values, (1, rows, hidden_size), model.device())?;
+        let x = receive(self.calibration.as_deref(), model, sess.link, sess.split.k(), &s.hidden, &s.erased, pos)?;
         Ok(CheckedStep { x, position: pos, rows, decode: prefill_left == 0, k: sess.split.k() })
     }
 

@@ -6,10 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::Tensor;
 use split_core::model::KvCache;
 use split_core::split::Split;
-use split_core::transform::LinkSetup;
 use split_core::wire::WireTensor;
 
 use super::{SessionId, State, Worker};
@@ -79,17 +77,8 @@ impl State {
         if let Some((i, t)) = s.targets.iter().enumerate().find(|(_, t)| **t as usize >= vocab) {
             return Err(EdgeError::InvalidArgument(format!("target {i} is token id {t}, outside the vocabulary of {vocab}")));
         }
-        let setup = LinkSetup { dtype: s.hidden.dtype(), ..sess.link };
-        let stats = match &self.calibration {
-            Some(c) if setup.needs_calibration() => Some(c.boundary(sess.split.k())?),
-            _ => None,
-        };
-        let values = setup.decode(&s.hidden, &s.erased, stats, 0)?;
-        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(EdgeError::InvalidArgument(format!("window holds a non-finite value {v} at element {i}")));
-        }
+        let x = super::receive(self.calibration.as_deref(), model, sess.link, sess.split.k(), &s.hidden, &s.erased, 0)?;
         let started = Instant::now();
-        let x = Tensor::from_vec(values, (1, rows, hidden_size), model.device())?;
         let mut cache = KvCache::new(sess.split.edge_layers(model.n_layers()));
         let h = model.run_layers(&x, &mut cache)?;
         let logprob = split_core::perplexity::target_logprobs(model, &h, s.first_row, &s.targets)?;
