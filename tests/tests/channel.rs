@@ -94,8 +94,9 @@ async fn a_shared_uplink_gives_each_open_ue_an_equal_share() {
     let bed = Testbed::start_full(edge_server::EdgeConfig::for_tests(), |c| {
         c.channel = true;
         c.shared_uplink = true;
-        // 4 Mb/s fixed: a decode row of 576 f32 (18,432 bits) takes 4.6 ms alone.
-        c.channel_args.link_rate_bps = 4e6;
+        // 1 Mb/s fixed: a decode row of 576 f32 (18,432 bits) takes 18.4 ms alone, long beside
+        // the hold's overshoot when the other tests load these cores.
+        c.channel_args.link_rate_bps = 1e6;
         c.channel_args.propagation_ms = 0.0;
     })
     .await;
@@ -111,7 +112,7 @@ async fn a_shared_uplink_gives_each_open_ue_an_equal_share() {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     let url = bed.emulator_url.clone();
     let other = tokio::spawn(async move {
-        let mut long = greedy_request("Once upon a time, in a small village by the sea,", 8, 120);
+        let mut long = greedy_request("Once upon a time, in a small village by the sea,", 8, 60);
         long.ignore_eos = true;
         let mut client = ue_client::connect(&url, 64 << 20, std::time::Duration::from_secs(5)).await.unwrap();
         let mut tx = Some(started_tx);
@@ -126,12 +127,12 @@ async fn a_shared_uplink_gives_each_open_ue_an_equal_share() {
     started_rx.await.unwrap();
     let shared = median_uplink_ms(&generate_via(&bed.emulator_url, req).await.unwrap());
     let other = other.await.unwrap();
-    assert!(other.tokens.len() == 120, "the second UE finished early: {}", other.tokens.len());
+    assert!(other.tokens.len() == 60, "the second UE finished early: {}", other.tokens.len());
     eprintln!("shared uplink: decode air time {alone:.2} ms alone, {shared:.2} ms beside a second UE");
     // Held times overshoot the air time by a few tenths of a millisecond here (the model shares
     // these cores), alike in both runs; the share shows in the difference: one more air time.
-    let want = 18_432.0 / 4e6 * 1e3;
-    assert!(alone >= want - 0.05 && alone < want + 2.0, "alone {alone:.2} ms, air time {want:.2} ms");
-    assert!((shared - alone - want).abs() < 1.0, "beside another UE {shared:.2} ms against {alone:.2} alone: expected {want:.2} ms more");
+    let want = 18_432.0 / 1e6 * 1e3;
+    assert!(alone >= want - 0.05 && alone < want + 3.0, "alone {alone:.2} ms, air time {want:.2} ms");
+    assert!((shared - alone - want).abs() < 0.2 * want, "beside another UE {shared:.2} ms against {alone:.2} alone: expected {want:.2} ms more");
     bed.shutdown().await;
 }
