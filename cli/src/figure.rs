@@ -42,6 +42,7 @@ pub fn default_plan(ks: &[usize], seeds: u64) -> Vec<Block> {
         channels: channels.iter().map(|s| s.to_string()).collect(),
         ks: ks.to_vec(),
         seeds,
+        first_seed: 0,
     };
     vec![
         b(&["rx"], &["rayleigh:30"]),

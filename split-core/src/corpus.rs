@@ -52,6 +52,23 @@ pub fn news_slice() -> impl Iterator<Item = String> {
     (1..=44).map(|i| format!("ca{i:02}"))
 }
 
+/// Names of the Brown files of the general-fiction genre, `ck01`–`ck29`: the test text of the
+/// decision problem (docs/decision.md), which no profile, calibration or training run scores.
+pub fn fiction_slice() -> impl Iterator<Item = String> {
+    (1..=29).map(|i| format!("ck{i:02}"))
+}
+
+/// The Brown files of a named slice: `news` (the evaluation text), `learned` (calibration) or
+/// `fiction` (the decision problem's test text).
+pub fn slice(name: &str) -> Option<Vec<String>> {
+    match name {
+        "news" => Some(news_slice().collect()),
+        "learned" => Some(calibration_slice().collect()),
+        "fiction" => Some(fiction_slice().collect()),
+        _ => None,
+    }
+}
+
 /// Names of the Brown files used for calibration statistics: the "learned" genre, `cj01`–`cj20`,
 /// which no evaluation scores.
 pub fn calibration_slice() -> impl Iterator<Item = String> {
