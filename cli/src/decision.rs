@@ -40,6 +40,16 @@ pub struct DecisionArgs {
     /// Only write the report from the CSVs there.
     #[arg(long)]
     pub report_only: bool,
+    /// Then train the learners of the learners' file on the problem (resumable:
+    /// learning.csv) and write learning.md and learning.png.
+    #[arg(long)]
+    pub learn: bool,
+    /// The learners' settings, for --learn.
+    #[arg(long, default_value = "docs/decision/learning.json")]
+    pub learning: PathBuf,
+    /// TrueType font for the figure's labels (default: DejaVu Sans from fonts-dejavu-core).
+    #[arg(long, env = "SPLITINFER_FONT")]
+    pub font: Option<PathBuf>,
     /// Calibration statistics (default: calibration/<model name>.json).
     #[arg(long, env = "SPLITINFER_CALIBRATION")]
     pub calibration: Option<PathBuf>,
@@ -139,5 +149,19 @@ pub fn run(args: DecisionArgs) -> Result<()> {
     std::fs::write(dir.join("oracle.csv"), decision::oracle_csv(&primary))?;
     println!("{report}");
     println!("report {} and oracle.csv written", dir.join("report.md").display());
+    if args.learn {
+        use splitinfer_rl::decision_learn::{self as learn, Costs, Learning};
+        let learning = Learning::load(&args.learning)?;
+        crate::figure::load_font(args.font.as_deref())?;
+        let costs = Costs { o: &objective, m: &shape, edge: &edge };
+        let rows = learn::run_curves(&costs, &profile, &primary, &learning, &dir.join("learning.csv"), &mut |m| eprintln!("decision: {m}"))?;
+        let measured = link_profile::read_rows(&csv_for(&dir, &objective.texts.profile))?;
+        let per_eval = measured.iter().map(|r| r.seconds).sum::<f64>() / measured.len().max(1) as f64;
+        let md = learn::learning_report(&objective, &learning, &primary, &rows, per_eval, &objective_commit(&args.learning));
+        std::fs::write(dir.join("learning.md"), &md)?;
+        learn::learning_plot(&objective, &primary, &rows, &dir.join("learning.png"))?;
+        println!("{md}");
+        println!("learning report {} and learning.png written", dir.join("learning.md").display());
+    }
     Ok(())
 }

@@ -387,11 +387,11 @@ impl NllTable {
 }
 
 /// Mixed into the trace and load seeds for the training states, so they never repeat the test's.
-const TRAINING_SALT: u64 = 0x7a1_0001;
+pub(crate) const TRAINING_SALT: u64 = 0x7a1_0001;
 
 /// A sequence of states: the SNRs of a channel trace, with a load drawn every
 /// `load_dwell_decisions` decisions.
-fn with_load(o: &Objective, channel: &[ChannelState], rng: &mut StdRng) -> Vec<State> {
+pub(crate) fn with_load(o: &Objective, channel: &[ChannelState], rng: &mut StdRng) -> Vec<State> {
     let levels = &o.states.edge_sessions;
     let mut sessions = levels[0];
     channel
@@ -483,26 +483,33 @@ impl Evaluation {
     /// with the percentile bootstrap over states × test seeds: each resample draws the states
     /// with replacement and one test seed for each, the same for both policies.
     pub fn score(&self, policy: &dyn Fn(usize) -> usize, st: &Statistics) -> Score {
+        self.score_many(&[(0..self.states.len()).map(policy).collect()], st)
+    }
+
+    /// [`Self::score`] pooled over several policies (one per learner seed; each gives an action
+    /// per held-out state): the resamples draw learner seed, state and test seed together.
+    pub fn score_many(&self, policies: &[Vec<usize>], st: &Statistics) -> Score {
         let n = self.states.len();
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let ratio = |picks: &mut dyn Iterator<Item = (usize, Option<usize>)>| {
-            let (mut num, mut den) = (0.0, 0.0);
-            for (i, seed) in picks {
-                let (o, p) = (&self.test[i][self.oracle[i]], &self.test[i][policy(i)]);
-                match seed {
-                    Some(j) => (num, den) = (num + o[j], den + p[j]),
-                    None => (num, den) = (num + mean(o), den + mean(p)),
-                }
+        let (mut num, mut den) = (0.0, 0.0);
+        for p in policies {
+            for (i, &a) in p.iter().enumerate() {
+                num += mean(&self.test[i][self.oracle[i]]);
+                den += mean(&self.test[i][a]);
             }
-            num / den
-        };
-        let point = ratio(&mut (0..n).map(|i| (i, None)));
+        }
+        let point = num / den;
         let mut rng = StdRng::seed_from_u64(st.bootstrap_seed);
         let seeds = self.test.first().map_or(1, |s| s[0].len());
         let mut draws: Vec<f64> = (0..st.bootstrap_resamples)
             .map(|_| {
-                let picks: Vec<(usize, Option<usize>)> = (0..n).map(|_| (rng.random_range(0..n), Some(rng.random_range(0..seeds)))).collect();
-                ratio(&mut picks.into_iter())
+                let (mut num, mut den) = (0.0, 0.0);
+                for _ in 0..n * policies.len() {
+                    let (p, i, j) = (rng.random_range(0..policies.len()), rng.random_range(0..n), rng.random_range(0..seeds));
+                    num += self.test[i][self.oracle[i]][j];
+                    den += self.test[i][policies[p][i]][j];
+                }
+                num / den
             })
             .collect();
         draws.sort_by(f64::total_cmp);
@@ -697,28 +704,63 @@ pub fn oracle_csv(e: &Evaluation) -> String {
     s
 }
 
+/// A problem to test with: the committed objective, SmolLM2-135M's shape, edge times linear in
+/// the layers, and a synthetic profile.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
     use crate::link_profile::todo;
 
-    fn committed() -> Objective {
+    pub(crate) fn committed() -> Objective {
         Objective::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/decision/objective.json")).unwrap()
     }
 
-    fn shape() -> ModelShape {
+    pub(crate) fn shape() -> ModelShape {
         ModelShape { hidden: 576, layers: 30, layer_params: 3_538_944 }
     }
 
-    fn edge(o: &Objective, per_layer_ms: f64) -> EdgeTimes {
+    pub(crate) fn edge(o: &Objective, per_layer_ms: f64) -> EdgeTimes {
+        edge_fn(o, &|k, n| (1.0 + (30 - k) as f64 * per_layer_ms) * n as f64)
+    }
+
+    /// Edge step times of `ms(k, sessions)`.
+    pub(crate) fn edge_fn(o: &Objective, ms: &dyn Fn(usize, usize) -> f64) -> EdgeTimes {
         let mut csv = String::from("k,sessions,step_ms,cpu_ms_per_token\n");
         for &k in &o.actions.ks {
             for &n in &o.states.edge_sessions {
-                csv.push_str(&format!("{k},{n},{},0\n", (1.0 + (30 - k) as f64 * per_layer_ms) * n as f64));
+                csv.push_str(&format!("{k},{n},{},0\n", ms(k, n)));
             }
         }
         EdgeTimes::parse(&csv).unwrap()
     }
+
+    /// A profile where the analog link costs `analog` nats per 10 dB below 40 and each digital
+    /// codec its bits' worth: the oracle must take analog in good channels only.
+    pub(crate) fn rows(o: &Objective, role: Role, analog: f64) -> Vec<Row> {
+        todo(&o.plan(role), &[])
+            .unwrap()
+            .into_iter()
+            .map(|(k, mode, ch, seed)| {
+                let nll = 3.0
+                    + match (mode.name.as_str(), ch.snr_db()) {
+                        ("raw", _) => 0.0,
+                        (ANALOG, Some(db)) => analog * (40.0 - db) / 10.0 + 0.001 * (seed % 3) as f64,
+                        ("int4", _) => 0.03,
+                        ("int8", _) => 0.002,
+                        _ => 0.0005,
+                    };
+                Row { k, mode: mode.name, channel: ch.name(), seed, nll, tokens: 100, seconds: 0.0 }
+            })
+            .collect()
+    }
+
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::link_profile::todo;
 
     #[test]
     fn the_committed_objective_loads_and_bad_ones_are_refused_by_what_is_wrong() {
@@ -780,26 +822,6 @@ mod tests {
         assert_eq!(shared.violations, 2, "tpot {}", shared.tpot_s);
         assert!((shared.total_j - shared.ue_j - shared.edge_j - 2.0).abs() < 1e-12);
         assert!(cost(&o, &m, &e, s, &Action { k: 31, codec: "int8".into() }, 0.0).is_err());
-    }
-
-    /// A profile where the analog link costs `analog` nats per 10 dB below 40 and each digital
-    /// codec its bits' worth: the oracle must take analog in good channels only.
-    fn rows(o: &Objective, role: Role, analog: f64) -> Vec<Row> {
-        todo(&o.plan(role), &[])
-            .unwrap()
-            .into_iter()
-            .map(|(k, mode, ch, seed)| {
-                let nll = 3.0
-                    + match (mode.name.as_str(), ch.snr_db()) {
-                        ("raw", _) => 0.0,
-                        (ANALOG, Some(db)) => analog * (40.0 - db) / 10.0 + 0.001 * (seed % 3) as f64,
-                        ("int4", _) => 0.03,
-                        ("int8", _) => 0.002,
-                        _ => 0.0005,
-                    };
-                Row { k, mode: mode.name, channel: ch.name(), seed, nll, tokens: 100, seconds: 0.0 }
-            })
-            .collect()
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod trace_env;
 pub mod evaluate;
 pub mod link_profile;
 pub mod decision;
+pub mod decision_learn;
 pub mod pipeline;
 pub mod plots;
 pub mod report;
