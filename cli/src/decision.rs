@@ -80,7 +80,6 @@ pub fn run(args: DecisionArgs) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (model, tokenizer) = crate::load(&args.model)?;
     let shape = ModelShape::of(model.config());
-    let model_name = model.config().name.clone();
     for &k in &objective.actions.ks {
         if k > shape.layers {
             bail!("the objective's split {k} is outside 0..={} for {name}", shape.layers);
@@ -139,7 +138,7 @@ pub fn run(args: DecisionArgs) -> Result<()> {
         .map(|v| Ok((v.name.clone(), decision::evaluate(&objective.variant(v), &shape, &edge, &profile, &test)?)))
         .collect::<Result<Vec<_>>>()?;
     let provenance = Provenance {
-        model_name,
+        model_name: name.clone(),
         objective_commit: objective_commit(&args.objective),
         profile_text: labels[0].clone(),
         test_text: labels[1].clone(),
