@@ -82,6 +82,11 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics (OpenMetrics text) on this address, e.g. 0.0.0.0:9103.
     #[arg(long, env = "AGENT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Serve the live dashboard (one web page: channel, decisions, each UE's rate, latency and
+    /// text, updated by server-sent events) on this address, e.g. 127.0.0.1:8053. It has no
+    /// authentication: keep it on loopback or a private network.
+    #[arg(long, env = "AGENT_DASHBOARD_LISTEN")]
+    pub dashboard_listen: Option<SocketAddr>,
     /// Log as JSON lines.
     #[arg(long, env = "AGENT_LOG_JSON")]
     pub log_json: bool,
@@ -116,6 +121,7 @@ impl AgentConfig {
             control_token: None,
             history: 256,
             metrics_listen: None,
+            dashboard_listen: None,
             log_json: false,
             tls: Default::default(),
         }

@@ -6,6 +6,9 @@
 //! they had). Epochs only ever increase here; a decision whose epoch is not above the latest is
 //! dropped.
 //!
+//! A UE also hands the follower its progress ([`Follower::report`]), which goes to the agent's
+//! `Report` for the dashboard; an agent that predates `Report` is asked once.
+//!
 //! On every (re)subscription the follower reports as `last_epoch` the highest epoch it has
 //! acknowledged or received. The agent only logs it when it is above its own counter: a restarted
 //! agent numbers above its previous run from the wall clock (`state::epoch_base`), never from
@@ -35,6 +38,10 @@ struct Inner {
     decisions: watch::Sender<Option<pb::Decision>>,
     /// The highest (epoch, k) applied, to acknowledge.
     applied: watch::Sender<Option<(u64, u32)>>,
+    /// The latest progress report not sent yet.
+    progress: watch::Sender<Option<pb::ReportRequest>>,
+    /// The agent answered `Report` with UNIMPLEMENTED: it predates it.
+    reports_refused: AtomicBool,
     connected: AtomicBool,
 }
 
@@ -49,7 +56,13 @@ impl Follower {
 
     /// [`Follower::spawn`] dialing with `tls` (an `https://` URL needs its CA).
     pub fn spawn_tls(url: String, tls: Tls, name: String, role: pb::Role, shutdown: CancellationToken) -> Self {
-        let inner = Arc::new(Inner { decisions: watch::channel(None).0, applied: watch::channel(None).0, connected: AtomicBool::new(false) });
+        let inner = Arc::new(Inner {
+            decisions: watch::channel(None).0,
+            applied: watch::channel(None).0,
+            progress: watch::channel(None).0,
+            reports_refused: AtomicBool::new(false),
+            connected: AtomicBool::new(false),
+        });
         tokio::spawn(follow(inner.clone(), url, tls, name, role, shutdown));
         Self { inner }
     }
@@ -84,6 +97,15 @@ impl Follower {
         });
     }
 
+    /// Sends a UE's progress to the agent in the background (the latest one only, if several come
+    /// while one is on its way or the agent is unreachable). Nothing is sent once the agent has
+    /// answered that it does not know `Report`. Non-blocking.
+    pub fn report(&self, report: pb::ReportRequest) {
+        if !self.inner.reports_refused.load(Ordering::Relaxed) {
+            self.inner.progress.send_replace(Some(report));
+        }
+    }
+
     /// Whether the subscription stream to the agent is up.
     pub fn connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
@@ -104,13 +126,14 @@ async fn follow(inner: Arc<Inner>, url: String, tls: Tls, name: String, role: pb
         }
     };
     let mut applied = inner.applied.subscribe();
+    let mut progress = inner.progress.subscribe();
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
     loop {
         let why = tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            why = session(&inner, &endpoint, &name, role, &mut applied, &mut backoff) => why,
+            why = session(&inner, &endpoint, &name, role, &mut applied, &mut progress, &mut backoff) => why,
         };
         if inner.connected.swap(false, Ordering::Relaxed) {
             failures = 1;
@@ -132,11 +155,12 @@ async fn follow(inner: Arc<Inner>, url: String, tls: Tls, name: String, role: pb
 
 /// One subscription: decisions in, acknowledgements out, until something breaks; returns what.
 async fn session(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     endpoint: &Endpoint,
     name: &str,
     role: pb::Role,
     applied: &mut watch::Receiver<Option<(u64, u32)>>,
+    progress: &mut watch::Receiver<Option<pb::ReportRequest>>,
     backoff: &mut Backoff,
 ) -> String {
     let channel = match endpoint.connect().await {
@@ -156,6 +180,10 @@ async fn session(
     tracing::info!(agent = %endpoint.uri(), subscriber = name, last_epoch, "subscribed to the agent");
     // Whatever was applied is (re)acknowledged to this agent, which may be a restarted one.
     applied.mark_changed();
+    // And the latest progress, which may predate the connection (the dashboard wants the latest).
+    if progress.borrow().is_some() {
+        progress.mark_changed();
+    }
     let mut acked_here = 0u64;
     loop {
         tokio::select! {
@@ -176,6 +204,16 @@ async fn session(
                     }
                 }
             }
+            r = progress.changed() => {
+                if r.is_err() {
+                    return "follower dropped".into();
+                }
+                let report = progress.borrow_and_update().clone();
+                if let Some(report) = report {
+                    // In a task of its own: a report never holds up a decision.
+                    tokio::spawn(send_report(inner.clone(), client.clone(), report));
+                }
+            }
         }
     }
 }
@@ -193,6 +231,20 @@ fn receive(inner: &Inner, d: pb::Decision) {
         }
         newer
     });
+}
+
+/// One progress report; a failure is only logged (the next report replaces this one).
+async fn send_report(inner: Arc<Inner>, mut client: AgentClient<Channel>, report: pb::ReportRequest) {
+    match tokio::time::timeout(Duration::from_secs(5), client.report(report)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => {
+            if !inner.reports_refused.swap(true, Ordering::Relaxed) {
+                tracing::info!("the agent predates progress reports (Agent/Report); not sending them");
+            }
+        }
+        Ok(Err(s)) => tracing::debug!(code = ?s.code(), error = s.message(), "progress report failed"),
+        Err(_) => tracing::debug!("progress report timed out"),
+    }
 }
 
 /// Ok when delivered or refused for good (logged); Err(why) when the connection should be

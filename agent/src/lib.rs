@@ -9,6 +9,8 @@
 //! - [`stats`]: the client of the emulator's statistics stream, reconnecting with backoff.
 //! - [`service`]: the `splitinfer.v1.Agent` gRPC service.
 //! - [`metrics`]: the Prometheus metrics on `--metrics-listen`.
+//! - [`timeline`]: the last few minutes of statistics, decisions and UE reports, for
+//!   [`dashboard`], the live web page on `--dashboard-listen`.
 //! - [`follow`]: the subscriber side, [`Follower`], used by the UE and the edge.
 //! - [`error`]: configuration errors, and request errors with their one mapping to gRPC codes.
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.
@@ -17,6 +19,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod follow;
 pub mod metrics;
@@ -25,11 +28,13 @@ pub mod policy;
 pub mod service;
 pub mod state;
 pub mod stats;
+pub mod timeline;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::agent_server::AgentServer;
 use splitinfer_proto::v1::edge_client::EdgeClient;
@@ -73,6 +78,9 @@ pub async fn run(listener: TcpListener, config: AgentConfig, shutdown: impl Futu
     let stats = tokio::spawn(stats::watch(config.emulator.clone(), tls.clone(), config.stats_period_ms, state.clone(), token.clone()));
     let metrics_state = state.clone();
     splitinfer_telemetry::metrics::start(config.metrics_listen, Arc::new(move || metrics::render(&metrics_state)), token.clone()).await?;
+    if let Some(addr) = config.dashboard_listen {
+        dashboard::start(addr, state.clone(), token.clone()).await.with_context(|| format!("cannot serve the dashboard on {addr}"))?;
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;

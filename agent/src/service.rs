@@ -1,5 +1,6 @@
 //! The `splitinfer.v1.Agent` gRPC service: subscriptions (one task per stream), acknowledgements,
-//! status and overrides, all on the shared [`AgentState`](crate::state::AgentState).
+//! status, overrides and the UEs' progress reports, all on the shared
+//! [`AgentState`](crate::state::AgentState).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -100,5 +101,11 @@ impl Agent for AgentService {
             }
         };
         Ok(Response::new(pb::OverrideResponse { decision }))
+    }
+
+    async fn report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
+        let now = crate::state::unix_ms();
+        self.state.lock().timeline_mut().report(request.into_inner(), now)?;
+        Ok(Response::new(pb::ReportResponse {}))
     }
 }

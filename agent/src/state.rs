@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::AgentError;
 use crate::observation::Observation;
 use crate::policy::Policy;
+use crate::timeline::Timeline;
 
 /// The `policy` of a decision made by an override.
 pub const OVERRIDE: &str = "override";
@@ -94,6 +95,8 @@ pub struct AgentState {
     history_cap: usize,
     stats_connected: bool,
     decisions: watch::Sender<Option<pb::Decision>>,
+    /// The last few minutes, for the dashboard.
+    timeline: Timeline,
 }
 
 impl AgentState {
@@ -117,6 +120,7 @@ impl AgentState {
             history_cap: history_cap.max(1),
             stats_connected: false,
             decisions: watch::channel(None).0,
+            timeline: Timeline::default(),
         }
     }
 
@@ -140,6 +144,15 @@ impl AgentState {
 
     pub fn set_stats_connected(&mut self, up: bool) {
         self.stats_connected = up;
+    }
+
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
+    }
+
+    /// Where the statistics and the UEs' reports are recorded (decisions record themselves).
+    pub fn timeline_mut(&mut self) -> &mut Timeline {
+        &mut self.timeline
     }
 
     /// One observation: returns the decision it led to, if any.
@@ -196,6 +209,7 @@ impl AgentState {
             self.last_change = Some(now);
         }
         self.current = Some(d.clone());
+        self.timeline.decision(&d);
         self.history.push_back(d.clone());
         while self.history.len() > self.history_cap {
             self.history.pop_front();

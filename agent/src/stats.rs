@@ -95,6 +95,7 @@ async fn follow(endpoint: &Endpoint, period_ms: u32, stall: Duration, state: &Sh
         }
         let obs = Observation { edge: load, ..Observation::from_stats(&message) };
         let mut s = state.lock();
+        s.timeline_mut().channel(&message, crate::state::unix_ms());
         if !s.stats_connected() {
             s.set_stats_connected(true);
             backoff.reset();

@@ -1,5 +1,6 @@
 //! The follower against a scripted agent: stale epochs are dropped, resubscriptions report the
-//! highest epoch seen, acknowledgements survive reconnections, and an absent agent is no error.
+//! highest epoch seen, acknowledgements survive reconnections, an absent agent is no error, and
+//! progress reports reach the agent, or stop after one if it predates them.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +24,9 @@ struct Scripted {
     batches: Mutex<Vec<Vec<pb::Decision>>>,
     subscribes: Arc<Mutex<Vec<pb::SubscribeRequest>>>,
     acks: Arc<Mutex<Vec<(u64, u32)>>>,
+    reports: Arc<Mutex<Vec<pb::ReportRequest>>>,
+    /// Answer Report as an agent from before it was added would.
+    predates_report: bool,
 }
 
 #[tonic::async_trait]
@@ -59,6 +63,14 @@ impl Agent for Scripted {
 
     async fn r#override(&self, _: Request<pb::OverrideRequest>) -> Result<Response<pb::OverrideResponse>, Status> {
         Err(Status::unimplemented("scripted"))
+    }
+
+    async fn report(&self, request: Request<pb::ReportRequest>) -> Result<Response<pb::ReportResponse>, Status> {
+        self.reports.lock().unwrap().push(request.into_inner());
+        if self.predates_report {
+            return Err(Status::unimplemented("unknown method Report"));
+        }
+        Ok(Response::new(pb::ReportResponse {}))
     }
 }
 
@@ -153,4 +165,34 @@ async fn an_absent_agent_means_no_decisions_and_no_error() {
     let bad = Follower::spawn("not a url".into(), "ue".into(), pb::Role::Ue, shutdown.clone());
     assert!(!bad.connected() && latest(&bad).is_none());
     shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_reach_the_agent_unless_it_predates_them() {
+    for predates_report in [false, true] {
+        let agent = Scripted { batches: Mutex::new(vec![vec![decision(7, 3)]]), predates_report, ..Default::default() };
+        let reports = agent.reports.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(tonic::transport::Server::builder().add_service(AgentServer::new(agent)).serve_with_incoming(TcpListenerStream::new(listener)));
+        let shutdown = CancellationToken::new();
+        let f = Follower::spawn(url, "ue".into(), pb::Role::Ue, shutdown.clone());
+        // Made before the subscription is up: kept and sent once it is.
+        f.report(pb::ReportRequest { subscriber: "ue".into(), tokens: 1, ..Default::default() });
+        eventually("the first report", || reports.lock().unwrap().len() == 1).await;
+        // Reports are sent one at a time in the background: wait for each to be answered.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        f.report(pb::ReportRequest { subscriber: "ue".into(), tokens: 2, text: "hi".into(), finished: true, ..Default::default() });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let tokens: Vec<u32> = reports.lock().unwrap().iter().map(|r| r.tokens).collect();
+        if predates_report {
+            assert_eq!(tokens, [1], "after UNIMPLEMENTED the follower stops reporting");
+        } else {
+            assert_eq!(tokens, [1, 2]);
+            assert_eq!(reports.lock().unwrap()[1].text, "hi");
+        }
+        assert!(f.connected(), "a report's fate does not touch the subscription");
+        shutdown.cancel();
+        server.abort();
+    }
 }

@@ -6,9 +6,11 @@
 //!   state to the edge, token ids back; per-token timings and bytes.
 //! - [`report`]: the per-token timing breakdown and its summary; [`metrics`]: the same as
 //!   Prometheus histograms on `--metrics-listen`.
+//! - [`progress`]: the generation's rate, latency and text, reported to the agent's dashboard.
 
 pub mod config;
 pub mod metrics;
+pub mod progress;
 pub mod report;
 pub mod score;
 pub mod session;

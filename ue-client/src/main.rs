@@ -1,7 +1,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
@@ -99,16 +99,24 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
+    // What the agent's dashboard shows of this generation, when there is an agent.
+    let mut progress = follower.as_ref().map(|_| ue_client::progress::Progress::new(config.name.clone(), Instant::now()));
     let mut first = true;
     let report = ue_client::generate_resilient(&endpoints, recovery, model, req, source, |t| {
         metrics.token(t, std::mem::take(&mut first));
-        if json || tokenizer.is_eos(t.id) {
-            return;
+        let mut piece = String::new();
+        if !tokenizer.is_eos(t.id) && (!json || progress.is_some()) {
+            ids.push(t.id);
+            piece = tokenizer.decode_incremental(&ids, &mut printed).unwrap_or_default();
         }
-        ids.push(t.id);
-        if let Ok(piece) = tokenizer.decode_incremental(&ids, &mut printed) {
+        if !json && !piece.is_empty() {
             print!("{piece}");
             let _ = std::io::stdout().flush();
+        }
+        if let (Some(p), Some(f)) = (progress.as_mut(), &follower)
+            && let Some(r) = p.token(t, &piece, Instant::now())
+        {
+            f.report(r);
         }
     })
     .await
@@ -116,8 +124,11 @@ async fn run(config: UeConfig) -> anyhow::Result<()> {
     for m in &report.migrations {
         metrics.split_change(m);
     }
+    if let (Some(p), Some(f)) = (progress.as_mut(), &follower) {
+        f.report(p.finish(Instant::now()));
+    }
     if follower.is_some() {
-        // The last acknowledgement goes out in the background: give it a moment before exiting.
+        // The last acknowledgement and report go out in the background: give them a moment.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.cancel();
