@@ -335,6 +335,29 @@ impl SplitModel {
         Ok(norms.iter().zip(&gamma).map(|(w, g)| w * g * g).collect())
     }
 
+    /// The head's full first-order metric on the last layer's output: the `hidden × hidden`
+    /// matrix `γ_d·γ_e·Σ_v W_vd·W_ve` (row-major), whose diagonal is [`Self::head_sensitivity`].
+    /// A change `e` of the output moves the logits by `eᵀ·M·e` in squared norm (the norm's common
+    /// 1/rms factor left out).
+    pub fn head_metric(&self) -> Result<Vec<f32>> {
+        let n = self.config.hidden_size;
+        let columns = self.head_columns()?;
+        let gamma = self.final_norm.weight.to_vec1::<f32>()?;
+        let g = columns.matmul(&columns.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(g.iter().enumerate().map(|(i, v)| v * gamma[i / n] * gamma[i % n]).collect())
+    }
+
+    /// The LM head's weights transposed, `[hidden, vocab]`: row d is column d of W (the head
+    /// applied to the identity, one pass over the weights).
+    pub fn head_columns(&self) -> Result<Tensor> {
+        Ok(self.lm_head.forward(&Tensor::eye(self.config.hidden_size, DType::F32, &self.device)?)?)
+    }
+
+    /// The final norm's weight γ.
+    pub fn final_norm_weight(&self) -> Result<Vec<f32>> {
+        Ok(self.final_norm.weight.to_vec1::<f32>()?)
+    }
+
     /// Final norm and LM head on every position: `[1, seq, hidden]` → `[seq, vocab]` logits.
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         self.check_hidden(hidden)?;
