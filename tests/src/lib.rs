@@ -2,6 +2,7 @@
 //! that runs the real edge and emulator servers on loopback ports, and helpers to drive the UE.
 //! The tests themselves live in `tests/`.
 
+pub mod browser;
 pub mod grpcurl;
 
 use std::path::PathBuf;

@@ -153,6 +153,7 @@ fn testbed(name: &str, tokens: usize, tls: bool, extra: Vec<(&'static str, Strin
         ("EMU_PORT", "0".into()),
         ("EMU_METRICS_PORT", "0".into()),
         ("AGENT_PORT", "0".into()),
+        ("DASHBOARD_PORT", "0".into()),
         ("UE_MAX_NEW_TOKENS", tokens.to_string()),
         ("UE_JSON", "true".into()),
     ];
@@ -289,6 +290,13 @@ fn compose_testbed_adapts_the_split_and_survives_an_edge_restart() {
     assert!(ue_sub.is_some_and(|u| u.acked_epoch >= migrations.last().unwrap().1), "the UE's acks are missing: {:?}", status.subscribers);
     eprintln!("compose: agent history (k, epoch): {history:?}");
 
+    // The agent's dashboard, published on 127.0.0.1 only, holds the UE's last report.
+    let dashboard = tb.ok(&["port", "agent", "8053"], Duration::from_secs(30)).trim().to_string();
+    assert!(dashboard.starts_with("127.0.0.1:"), "the dashboard is published on {dashboard:?}, not on 127.0.0.1 only");
+    let event = first_dashboard_event(&dashboard);
+    let ues = event["ues"].as_array().unwrap();
+    assert!(ues.iter().any(|u| u["name"] == "ue" && u["finished"] == true && u["tokens"].as_u64() == Some(generated as u64)), "the UE's report is missing: {ues:?}");
+
     // Another UE, straight to the edge (f32, greedy, a fixed length: its text is exact), once
     // uninterrupted for reference, then again with the edge container stopped mid-generation
     // (SIGTERM: sessions end with UNAVAILABLE) and started again. The UE reconnects, finds its
@@ -323,6 +331,17 @@ fn compose_testbed_adapts_the_split_and_survives_an_edge_restart() {
     eprintln!("compose: the edge stopped and started under a UE; same text after {:.1} s", stopping.elapsed().as_secs_f64());
     drop(tb);
     eprintln!("compose: done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The first server-sent event of the dashboard at `addr` (host:port), as JSON.
+fn first_dashboard_event(addr: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("cannot connect to the dashboard at {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // HTTP/1.0: the stream comes unchunked, one event per line of data.
+    write!(s, "GET /events HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let data = BufReader::new(s).lines().map(|l| l.unwrap()).find_map(|l| l.strip_prefix("data: ").map(str::to_string));
+    serde_json::from_str(&data.expect("no event from the dashboard")).unwrap()
 }
 
 /// Every option of every service is an environment variable of the compose file, apart from the
