@@ -51,6 +51,7 @@ case "$cmd" in
     say "the UE exited with $code; edge, emulator and agent are still up:"
     say "  deploy/testbed.sh run -n 64        another generation"
     say "  deploy/testbed.sh status           the agent's decisions (port ${AGENT_PORT:-50053} on 127.0.0.1)"
+    say "  http://127.0.0.1:${DASHBOARD_PORT:-8053}/          the agent's live dashboard"
     say "  deploy/testbed.sh down             tear down"
     exit "$code"
     ;;

@@ -6,7 +6,8 @@
 #
 #   scripts/adaptive-demo.sh [PROMPT] [-- extra ue-client flags, e.g. --migration recompute -n 300]
 #
-# Ports on 127.0.0.1: EDGE_PORT (50051), EMU_PORT (50052), AGENT_PORT (50053).
+# Ports on 127.0.0.1: EDGE_PORT (50051), EMU_PORT (50052), AGENT_PORT (50053), and DASHBOARD_PORT
+# (8053), the agent's live dashboard: open the URL the script prints while the UE generates.
 # ALTERNATE_MS (default 1500) is how long each channel state lasts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ shift || true
 edge_port="${EDGE_PORT:-50051}"
 emu_port="${EMU_PORT:-50052}"
 agent_port="${AGENT_PORT:-50053}"
+dashboard_port="${DASHBOARD_PORT:-8053}"
 bin="${CARGO_TARGET_DIR:-target}/release"
 # candle re-reads the CPU count on every f32 matmul unless this is set (~10% of a decode step).
 export RAYON_NUM_THREADS="${RAYON_NUM_THREADS:-$(nproc)}"
@@ -38,11 +40,13 @@ pids+=($!)
 wait_port "$emu_port"
 "$bin/agent" --listen "127.0.0.1:$agent_port" --emulator "http://127.0.0.1:$emu_port" \
   --policy threshold --thresholds deploy/thresholds.csv --n-layers 30 \
-  --stats-period-ms 200 --min-dwell-ms 500 &
+  --stats-period-ms 200 --min-dwell-ms 500 --dashboard-listen "127.0.0.1:$dashboard_port" &
 pids+=($!)
 wait_port "$edge_port"
 wait_port "$agent_port"
+wait_port "$dashboard_port"
 echo "adaptive-demo: edge :$edge_port, emulator :$emu_port (good/bad every ${ALTERNATE_MS:-1500} ms), agent :$agent_port" >&2
+echo "adaptive-demo: dashboard http://127.0.0.1:$dashboard_port/" >&2
 "$bin/ue-client" --edge "http://127.0.0.1:$emu_port" --agent "http://127.0.0.1:$agent_port" \
   --model "$model" --prompt "$prompt" -n 200 "$@"
 echo >&2

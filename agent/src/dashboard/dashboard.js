@@ -172,8 +172,10 @@ function showUes() {
     div.querySelector('.nums').textContent =
       `k=${u.k}  ${u.tokens} tokens  ${u.tokens_per_s.toFixed(1)} tokens/s  ${u.token_latency_ms.toFixed(1)} ms/token`;
     const pre = div.querySelector('pre');
-    if (pre.textContent !== u.text) {
-      pre.textContent = u.text;
+    // Runs of blank lines (a model on a bad channel emits many) would scroll the text out of view.
+    const text = u.text.replace(/\n\s*\n(\s*\n)+/g, '\n\n').trimEnd();
+    if (pre.textContent !== text) {
+      pre.textContent = text;
       pre.scrollTop = pre.scrollHeight;
     }
   }
