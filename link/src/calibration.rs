@@ -49,6 +49,74 @@ pub struct BoundaryStats {
     /// `splitinfer calibrate` fills it at `k = L` only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gain: Vec<f32>,
+    /// The sidecar file of [`crate::transform::Normalization::Rotate`]'s transmit rotation, next
+    /// to the calibration file, and its sha256 (so the calibration's own sha256, which UE and edge
+    /// compare in `Open`, pins it). `splitinfer calibrate --rotation` writes it at `k = L` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_file: Option<RotationFile>,
+    /// The rotation itself, read from [`Self::rotation_file`] by [`Calibration::load`].
+    #[serde(skip)]
+    pub rotation: Option<std::sync::Arc<Rotation>>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RotationFile {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// A linear analog code across dimensions: the transmitter sends `s = T·z` for the standardized
+/// row `z`, the receiver takes `z = T⁻¹·s`. Both `n × n`, row-major. The mean power of `s` is
+/// that of `z` (n per row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotation {
+    pub n: usize,
+    pub forward: Vec<f32>,
+    pub inverse: Vec<f32>,
+}
+
+/// The first bytes of a rotation file.
+const ROTATION_MAGIC: &[u8; 8] = b"SIROT01\0";
+
+impl Rotation {
+    /// `[magic][n: u32 LE][forward: n² f32 LE][inverse: n² f32 LE]`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(12 + 8 * self.n * self.n);
+        b.extend_from_slice(ROTATION_MAGIC);
+        b.extend_from_slice(&(self.n as u32).to_le_bytes());
+        for v in self.forward.iter().chain(&self.inverse) {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b
+    }
+
+    pub fn from_bytes(b: &[u8]) -> std::result::Result<Self, String> {
+        if b.len() < 12 || &b[..8] != ROTATION_MAGIC {
+            return Err("not a rotation file (bad magic)".into());
+        }
+        let n = u32::from_le_bytes([b[8], b[9], b[10], b[11]]) as usize;
+        let want = n.checked_mul(n).and_then(|m| m.checked_mul(8)).and_then(|m| m.checked_add(12));
+        if want != Some(b.len()) {
+            return Err(format!("{} bytes for a rotation of size {n}", b.len()));
+        }
+        let values: Vec<f32> = b[12..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err("a value is not finite".into());
+        }
+        let (forward, inverse) = values.split_at(n * n);
+        Ok(Self { n, forward: forward.to_vec(), inverse: inverse.to_vec() })
+    }
+
+    /// `out = M·x` for each row of `x` (`forward` or `inverse` as `m`).
+    pub fn apply(m: &[f32], n: usize, x: &mut [f32]) {
+        let mut tmp = vec![0f32; n];
+        for row in x.chunks_exact_mut(n) {
+            for (i, t) in tmp.iter_mut().enumerate() {
+                *t = m[i * n..(i + 1) * n].iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+            }
+            row.copy_from_slice(&tmp);
+        }
+    }
 }
 
 /// Power allocation across dimensions for an analog link (the transmit gains of
@@ -177,6 +245,20 @@ impl Calibration {
                 return Err(bad(format!("boundary {i} has {} transmit gains for hidden size {}, or one that is not positive and finite", b.gain.len(), c.hidden)));
             }
         }
+        let hidden = c.hidden;
+        for b in &mut c.boundaries {
+            let Some(r) = &b.rotation_file else { continue };
+            let file = path.parent().unwrap_or(Path::new(".")).join(&r.file);
+            let bytes = std::fs::read(&file).map_err(|e| bad(format!("boundary {} names the rotation {}, which cannot be read: {e}", b.k, file.display())))?;
+            if !sha256_hex(&bytes).eq_ignore_ascii_case(&r.sha256) {
+                return Err(bad(format!("the rotation {} does not have the sha256 the calibration names", file.display())));
+            }
+            let rot = Rotation::from_bytes(&bytes).map_err(|e| bad(format!("rotation {}: {e}", file.display())))?;
+            if rot.n != hidden {
+                return Err(bad(format!("rotation {} is {}×{0}, the hidden size {hidden}", file.display(), rot.n)));
+            }
+            b.rotation = Some(std::sync::Arc::new(rot));
+        }
         Ok(c)
     }
 
@@ -197,7 +279,7 @@ impl Calibration {
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -277,6 +359,8 @@ impl Accumulator {
             kurtosis: if var > 0.0 { m4 / (var * var) } else { 0.0 },
             first: first.rows_stats(),
             gain: Vec::new(),
+            rotation_file: None,
+            rotation: None,
         }
     }
 }
@@ -302,6 +386,47 @@ mod tests {
 
     /// Means, deviations and the kurtosis of Gaussian data within a few standard errors; a
     /// massive dimension shows in the top-8 share and in what zero-fill costs.
+    #[test]
+    fn a_rotation_round_trips_its_file_and_a_wrong_or_missing_file_is_refused() {
+        let r = Rotation { n: 2, forward: vec![0.0, 1.0, 1.0, 0.0], inverse: vec![0.0, 1.0, 1.0, 0.0] };
+        assert_eq!(Rotation::from_bytes(&r.to_bytes()).unwrap(), r);
+        assert!(Rotation::from_bytes(&r.to_bytes()[..20]).unwrap_err().contains("bytes for a rotation of size 2"));
+        assert!(Rotation::from_bytes(b"SIROT00\0\x02\0\0\0").unwrap_err().contains("bad magic"));
+        let mut nan = r.to_bytes();
+        nan[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(Rotation::from_bytes(&nan).unwrap_err().contains("not finite"));
+        let mut x = vec![1.0f32, 2.0, 3.0, 4.0];
+        Rotation::apply(&r.forward, 2, &mut x);
+        assert_eq!(x, [2.0, 1.0, 4.0, 3.0]);
+
+        let dir = std::env::temp_dir().join(format!("splitinfer-rotation-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Calibration {
+            format: FORMAT.into(),
+            model: "m".into(),
+            model_sha256: "00".into(),
+            text: "t".into(),
+            tokens: 1,
+            hidden: 2,
+            boundaries: vec![BoundaryStats { k: 0, ..gaussian_stats(false) }],
+            file_sha256: String::new(),
+        };
+        c.hidden = c.boundaries[0].mean.len();
+        let n = c.hidden;
+        let big = Rotation { n, forward: vec![1.0; n * n], inverse: vec![1.0; n * n] };
+        std::fs::write(dir.join("m.rotation.bin"), big.to_bytes()).unwrap();
+        c.boundaries[0].rotation_file = Some(RotationFile { file: "m.rotation.bin".into(), sha256: sha256_hex(&big.to_bytes()) });
+        c.save(&dir.join("m.json")).unwrap();
+        let loaded = Calibration::load(&dir.join("m.json"), None).unwrap();
+        assert_eq!(loaded.boundaries[0].rotation.as_deref(), Some(&big));
+        std::fs::write(dir.join("m.rotation.bin"), r.to_bytes()).unwrap();
+        let e = Calibration::load(&dir.join("m.json"), None).unwrap_err().to_string();
+        assert!(e.contains("does not have the sha256"), "{e}");
+        std::fs::remove_file(dir.join("m.rotation.bin")).unwrap();
+        let e = Calibration::load(&dir.join("m.json"), None).unwrap_err().to_string();
+        assert!(e.contains("cannot be read"), "{e}");
+    }
+
     #[test]
     fn statistics_of_known_data() {
         let s = gaussian_stats(false);

@@ -68,6 +68,7 @@ impl From<Normalization> for pb::Normalization {
             Normalization::Identity => Self::Identity,
             Normalization::Standardize => Self::Standardize,
             Normalization::Allocate => Self::Allocate,
+            Normalization::Rotate => Self::Rotate,
         }
     }
 }
@@ -88,7 +89,8 @@ impl LinkSetup {
             Ok(pb::Normalization::Identity) => Normalization::Identity,
             Ok(pb::Normalization::Standardize) => Normalization::Standardize,
             Ok(pb::Normalization::Allocate) => Normalization::Allocate,
-            Err(_) => return Err(Error::InvalidArgument(format!("normalization {normalization} is not one of identity (0), standardize (1), allocate (2)"))),
+            Ok(pb::Normalization::Rotate) => Normalization::Rotate,
+            Err(_) => return Err(Error::InvalidArgument(format!("normalization {normalization} is not one of identity (0), standardize (1), allocate (2), rotate (3)"))),
         };
         let concealment = match pb::Concealment::try_from(concealment) {
             Ok(pb::Concealment::Zero) => Concealment::Zero,

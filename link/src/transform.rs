@@ -30,6 +30,12 @@ pub enum Normalization {
     /// ([`crate::calibration::allocation_gains`]; 1 where the calibration has none, i.e. at
     /// every `k < L`); the receiver divides by `a_d` and multiplies back.
     Allocate,
+    /// Send `T·(y − μ)/σ`, with the boundary's transmit rotation `T`
+    /// ([`crate::calibration::Rotation`]: a code across dimensions, into the eigenbasis of the
+    /// head's Fisher-weighted correlation, with power allocated along it); the receiver applies
+    /// `T⁻¹` and multiplies back. Lost elements are concealed in the rotated domain with its mean,
+    /// 0. Where the calibration has no rotation (every `k < L`), it is standardization.
+    Rotate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
@@ -47,6 +53,7 @@ impl fmt::Display for Normalization {
             Self::Identity => "identity",
             Self::Standardize => "standardize",
             Self::Allocate => "allocate",
+            Self::Rotate => "rotate",
         })
     }
 }
@@ -58,7 +65,8 @@ impl FromStr for Normalization {
             "identity" | "none" => Ok(Self::Identity),
             "standardize" => Ok(Self::Standardize),
             "allocate" => Ok(Self::Allocate),
-            _ => Err(Error::InvalidArgument(format!("unknown normalization {s:?}; expected identity, standardize or allocate"))),
+            "rotate" => Ok(Self::Rotate),
+            _ => Err(Error::InvalidArgument(format!("unknown normalization {s:?}; expected identity, standardize, allocate or rotate"))),
         }
     }
 }
@@ -116,13 +124,19 @@ impl LinkSetup {
         (self.normalization == Normalization::Allocate && !stats.gain.is_empty()).then_some(stats.gain.as_slice())
     }
 
+    /// The transmit rotation this setup applies at a boundary: `Rotate`'s, where the calibration
+    /// has one.
+    fn rotation<'a>(&self, stats: &'a BoundaryStats) -> Option<&'a crate::calibration::Rotation> {
+        if self.normalization == Normalization::Rotate { stats.rotation.as_deref() } else { None }
+    }
+
     /// Transmitter: normalizes `values` (rows of `shape`'s last dimension, the first at absolute
     /// position `position`) and encodes them.
     pub fn encode(&self, shape: Vec<usize>, values: &[f32], stats: Option<&BoundaryStats>, position: usize) -> Result<WireTensor> {
         let n = shape.last().copied().unwrap_or(0);
         let stats = self.stats(stats, n)?;
         match (self.normalization, stats) {
-            (Normalization::Standardize | Normalization::Allocate, Some(s)) => {
+            (Normalization::Standardize | Normalization::Allocate | Normalization::Rotate, Some(s)) => {
                 let mut v = values.to_vec();
                 for (r, row) in v.chunks_exact_mut(n).enumerate() {
                     let (mean, std) = s.row(position + r);
@@ -132,6 +146,9 @@ impl LinkSetup {
                     if let Some(gain) = self.gains(s) {
                         row.iter_mut().zip(gain).for_each(|(x, &a)| *x *= a);
                     }
+                }
+                if let Some(rot) = self.rotation(s) {
+                    crate::calibration::Rotation::apply(&rot.forward, n, &mut v);
                 }
                 WireTensor::from_f32(self.dtype, shape, &v)
             }
@@ -153,7 +170,18 @@ impl LinkSetup {
             return Err(Error::InvalidArgument(format!("element mask of {} bytes for {elements} elements; expected {}", erased.len(), elements.div_ceil(8))));
         }
         let mut v = tensor.to_f32_vec();
-        if let (Normalization::Standardize | Normalization::Allocate, Some(s)) = (self.normalization, stats) {
+        let lost = erased.iter().any(|&b| b != 0);
+        // Outliers travel in the protected side information: their values arrived.
+        let protected = if lost { codec::protected_elements(tensor.dtype(), n, tensor.data()) } else { Default::default() };
+        let is_lost = |e: usize| erased[e / 8] & (1 << (e % 8)) != 0 && !protected.contains(&e);
+        let rotation = stats.and_then(|s| self.rotation(s));
+        if let Some(rot) = rotation {
+            if lost {
+                (0..v.len()).filter(|&e| is_lost(e)).for_each(|e| v[e] = 0.0);
+            }
+            crate::calibration::Rotation::apply(&rot.inverse, n, &mut v);
+        }
+        if let (Normalization::Standardize | Normalization::Allocate | Normalization::Rotate, Some(s)) = (self.normalization, stats) {
             for (r, row) in v.chunks_exact_mut(n).enumerate() {
                 if let Some(gain) = self.gains(s) {
                     row.iter_mut().zip(gain).for_each(|(x, &a)| *x /= a);
@@ -164,11 +192,9 @@ impl LinkSetup {
                 }
             }
         }
-        if erased.iter().any(|&b| b != 0) {
-            // Outliers travel in the protected side information: their values arrived.
-            let protected = codec::protected_elements(tensor.dtype(), n, tensor.data());
+        if lost && rotation.is_none() {
             for (e, x) in v.iter_mut().enumerate() {
-                if erased[e / 8] & (1 << (e % 8)) != 0 && !protected.contains(&e) {
+                if is_lost(e) {
                     *x = match (self.concealment, stats) {
                         (Concealment::Mean, Some(s)) => s.row(position + e / n).0[e % n],
                         _ => 0.0,
@@ -248,6 +274,44 @@ mod tests {
         assert_eq!(standardize.encode(vec![2, n], &x, Some(&s), 1).unwrap().to_f32_vec(), plain.to_f32_vec());
         assert_eq!("allocate".parse::<Normalization>().unwrap(), Normalization::Allocate);
         assert!(allocate.encode(vec![1, n], &x[..n], None, 1).unwrap_err().to_string().contains("need calibration statistics"));
+    }
+
+    /// Rotate sends `T·z` and the receiver gets the row back; a lost element is concealed in the
+    /// rotated domain (with 0, its mean), so its error spreads over the row through `T⁻¹`;
+    /// without a rotation it is bit-for-bit standardization.
+    #[test]
+    fn rotate_mixes_dimensions_and_is_standardize_where_there_is_no_rotation() {
+        use crate::calibration::Rotation;
+        let n = 4;
+        let mut s = stats(n);
+        let x: Vec<f32> = vec![1.0, 500.5, 3.0, -2.0, 0.5, 501.0, 4.0, 1.0];
+        let standardize = LinkSetup { normalization: Normalization::Standardize, concealment: Concealment::Mean, ..LinkSetup::default() };
+        let rotate = LinkSetup { normalization: Normalization::Rotate, ..standardize };
+        let plain = standardize.encode(vec![2, n], &x, Some(&s), 1).unwrap();
+        assert_eq!(rotate.encode(vec![2, n], &x, Some(&s), 1).unwrap().to_f32_vec(), plain.to_f32_vec());
+        assert_eq!(rotate.decode(&plain, &[0b1], Some(&s), 1).unwrap(), standardize.decode(&plain, &[0b1], Some(&s), 1).unwrap());
+        // T = a Givens rotation of dimensions 0 and 1, scaled by 2 and 1/2 in dimensions 2 and 3.
+        let (c, sn) = (0.6f32, 0.8f32);
+        let forward = vec![c, -sn, 0.0, 0.0, sn, c, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.5];
+        let inverse = vec![c, sn, 0.0, 0.0, -sn, c, 0.0, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 2.0];
+        s.rotation = Some(std::sync::Arc::new(Rotation { n, forward, inverse }));
+        let sent = rotate.encode(vec![2, n], &x, Some(&s), 1).unwrap().to_f32_vec();
+        let z = plain.to_f32_vec();
+        assert!((sent[0] - (c * z[0] - sn * z[1])).abs() < 1e-5 && (sent[2] - 2.0 * z[2]).abs() < 1e-5, "{sent:?} from {z:?}");
+        let wire = rotate.encode(vec![2, n], &x, Some(&s), 1).unwrap();
+        for (a, b) in x.iter().zip(rotate.decode(&wire, &[], Some(&s), 1).unwrap()) {
+            assert!((a - b).abs() <= 1e-4 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        // Element 0 lost: the rotated value 0 becomes, through T⁻¹, an error in dimensions 0
+        // and 1 of that row, and nothing else moves.
+        let y = rotate.decode(&wire, &[0b1], Some(&s), 1).unwrap();
+        let back_z = [c * 0.0 + sn * sent[1], -sn * 0.0 + c * sent[1]];
+        for d in 0..2 {
+            let want = back_z[d] * s.std[d].max(STD_FLOOR) + s.mean[d];
+            assert!((y[d] - want).abs() <= 1e-3 * want.abs().max(1.0), "dimension {d}: {} vs {want}", y[d]);
+        }
+        assert!(y[2..].iter().zip(&x[2..]).all(|(a, b)| (a - b).abs() <= 1e-4 * b.abs().max(1.0)));
+        assert_eq!("rotate".parse::<Normalization>().unwrap(), Normalization::Rotate);
     }
 
     /// Position 0 is standardized and concealed with its own statistics (the attention sink's

@@ -11,7 +11,8 @@
 //!   sensitive to, at k = L only; plain standardization at every k < L), zero-forcing
 //!   equalizer, mean concealment; `rx-mmse` the same with the MMSE equalizer; `rx-std` the same
 //!   as `rx` with plain standardization at every k (what `rx` was before the gains, commit
-//!   5fe7e01 and earlier);
+//!   5fe7e01 and earlier); `rx-rot` the same as `rx` with the boundary's transmit rotation
+//!   (normalization `rotate`, a code across dimensions, at k = L only) instead of the gains;
 //! - a codec name (`int8`, `int4`, `int8-outlier`, `int4-outlier`, `f16`): the digital link,
 //!   standardized, mean concealment; with `-id` appended, identity normalization.
 //!
@@ -52,12 +53,13 @@ impl Mode {
             "rx" => (rx, Equalizer::ZeroForcing),
             "rx-mmse" => (rx, Equalizer::Mmse),
             "rx-std" => (LinkSetup { normalization: Normalization::Standardize, ..rx }, Equalizer::ZeroForcing),
+            "rx-rot" => (LinkSetup { normalization: Normalization::Rotate, ..rx }, Equalizer::ZeroForcing),
             other => {
                 let (codec, normalization) = match other.strip_suffix("-id") {
                     Some(c) => (c, Normalization::Identity),
                     None => (other, Normalization::Standardize),
                 };
-                let dtype: WireDType = codec.parse().with_context(|| format!("mode {name:?} is not raw, rx, rx-mmse, rx-std or a codec"))?;
+                let dtype: WireDType = codec.parse().with_context(|| format!("mode {name:?} is not raw, rx, rx-mmse, rx-std, rx-rot or a codec"))?;
                 (LinkSetup { dtype, normalization, concealment: Concealment::Mean }, Equalizer::ZeroForcing)
             }
         };

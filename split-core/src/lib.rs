@@ -36,6 +36,7 @@ pub mod migrate;
 pub mod model;
 pub mod perplexity;
 pub mod privacy;
+pub mod rotation;
 pub mod pipeline;
 pub mod sampling;
 pub mod split;

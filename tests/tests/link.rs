@@ -42,8 +42,15 @@ async fn standardized_int8_through_the_emulator_equals_the_in_process_link() {
     let mut edge = edge_server::EdgeConfig::for_tests();
     edge.calibration = Some(calibration_path());
     let bed = Testbed::start_with(edge).await;
-    // k = 30 = L with allocate: the calibration's transmit gains on the way and off again.
-    let cases = [(15, WireDType::I8, Normalization::Standardize), (3, WireDType::I4Outlier, Normalization::Standardize), (12, WireDType::F32, Normalization::Standardize), (30, WireDType::F32, Normalization::Allocate)];
+    // k = 30 = L with allocate: the calibration's transmit gains on the way and off again; with
+    // rotate, its transmit rotation (the sidecar file beside the calibration, read by both ends).
+    let cases = [
+        (15, WireDType::I8, Normalization::Standardize),
+        (3, WireDType::I4Outlier, Normalization::Standardize),
+        (12, WireDType::F32, Normalization::Standardize),
+        (30, WireDType::F32, Normalization::Allocate),
+        (30, WireDType::F32, Normalization::Rotate),
+    ];
     for (k, wire, normalization) in cases {
         let mut req = greedy_request(PROMPT, k, 12);
         req.wire = wire;
