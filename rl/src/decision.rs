@@ -367,19 +367,20 @@ impl NllTable {
     /// The NLL increase of `a` at `snr_db`: at the given seed, or the mean over `seeds`. The
     /// analog link below the lowest bin is taken as breaking any budget (+∞).
     pub fn dnll(&self, o: &Objective, a: &Action, snr_db: f64, seeds: &[u64]) -> Result<f64> {
-        let (channel, seeds): (String, &[u64]) = if a.codec == ANALOG {
+        let channel = if a.codec == ANALOG {
             match o.bin(snr_db) {
-                Some(b) => (format!("rayleigh:{b}"), seeds),
+                Some(b) => format!("rayleigh:{b}"),
                 None => return Ok(f64::INFINITY),
             }
         } else {
-            ("clean".into(), &seeds[..seeds.len().min(1)])
+            "clean".to_string()
         };
-        let mode = if a.codec == ANALOG { ANALOG } else { a.codec.as_str() };
-        let cell = self.cells.get(&(a.k, mode.to_string(), channel.clone())).with_context(|| format!("the profile has no {a} at {channel}"))?;
+        let cell = self.cells.get(&(a.k, a.codec.clone(), channel.clone())).with_context(|| format!("the profile has no {a} at {channel}"))?;
         let nll: Vec<f64> = if a.codec == ANALOG {
+            ensure!(!seeds.is_empty(), "no seeds to average {a} at {channel} over");
             seeds.iter().map(|s| cell.get(s).copied().with_context(|| format!("the profile has no {a} at {channel}, seed {s}"))).collect::<Result<_>>()?
         } else {
+            // HARQ delivers the digital link: its one clean measurement, whatever the seed.
             vec![*cell.values().next().expect("a cell has a row")]
         };
         Ok(nll.iter().sum::<f64>() / nll.len() as f64 - self.clean)
