@@ -3,6 +3,8 @@
 //! - [`config`]: flags and `EMU_*` environment variables.
 //! - [`service`]: serves the edge's API, opens a stream to the real edge per session and relays
 //!   both ways, including the edge's final status.
+//! - [`hold`]: holds a message for its air time on a `timerfd` in tokio's reactor, precise to
+//!   tens of microseconds without a thread hand-off.
 //! - [`link`]: what happens to each activation in flight; the proxy decodes it into a tensor and
 //!   passes it to the uplink: the clean link changes no byte; with `--channel` the shared channel
 //!   models (fading, noise, loss, erasure, air time) act on it, seeded per session.
@@ -15,6 +17,7 @@ pub mod api;
 pub mod channel_args;
 pub mod config;
 pub mod control;
+pub mod hold;
 pub mod link;
 pub mod service;
 

@@ -11,6 +11,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::Instrument;
 
+use crate::hold::Hold;
 use crate::link::{self, Clean, Impaired, LinkStats, Uplink};
 
 pub struct Proxy {
@@ -96,6 +97,7 @@ impl Edge for Proxy {
                     let to_ue = to_ue.clone();
                     async move {
                         let mut stats = LinkStats::default();
+                        let mut hold = Hold::new();
                         loop {
                             match from_ue.message().await {
                                 Ok(Some(mut msg)) => {
@@ -116,8 +118,8 @@ impl Edge for Proxy {
                                     shared.relay.processed(kind, started.elapsed());
                                     if !delay.is_zero() {
                                         // Report what was really held: the timer's overshoot
-                                        // (it ticks in milliseconds) is part of the delay.
-                                        let held = hold(delay).await;
+                                        // is part of the delay.
+                                        let held = hold.hold(delay).await;
                                         shared.relay.held("up", held);
                                         if let Some(pb::ue_message::Kind::Activation(a)) = msg.kind.as_mut() {
                                             a.uplink_delay_us = held.as_micros() as u64;
@@ -158,6 +160,7 @@ impl Edge for Proxy {
                         return;
                     }
                 };
+                let mut down_hold = Hold::new();
                 loop {
                     tokio::select! {
                         () = shutdown.cancelled() => {
@@ -176,7 +179,7 @@ impl Edge for Proxy {
                                         let bits = (prost::Message::encoded_len(m) * 8) as f64;
                                         delay += std::time::Duration::from_secs_f64(c.link.serialization_s(bits, 10f64.powf(c.snr_db / 10.0)));
                                     }
-                                    let held = hold(delay).await;
+                                    let held = down_hold.hold(delay).await;
                                     down_shared.relay.held("down", held);
                                     match msg.kind.as_mut() {
                                         Some(pb::edge_message::Kind::Token(t)) => t.downlink_delay_us = held.as_micros() as u64,
@@ -230,56 +233,5 @@ fn from_edge_status(s: Status) -> Status {
     match s.code() {
         Code::Unknown | Code::Cancelled => Status::unavailable(format!("the channel emulator lost its link to the edge: {}", s.message())),
         _ => s,
-    }
-}
-
-/// Holds a message for `delay`; returns how long it really was held.
-///
-/// tokio's timer ticks in milliseconds and fires on the tick after a deadline, so on its own it
-/// held a 1.05 ms air time for about 2 ms (p50 overshoot 1.0 ms, measured). All but the last two
-/// milliseconds go to tokio's timer, which may fire up to a tick late; the rest is slept on a
-/// blocking-pool thread with the OS's high-resolution timer, so the hold ends about 0.1 ms after
-/// `delay` and never before it. On Linux that thread's timer slack is set to 1 µs first: the
-/// kernel may otherwise let a sleep run 50 µs long (its default slack) to group wake-ups.
-async fn hold(delay: std::time::Duration) -> std::time::Duration {
-    const TICK: std::time::Duration = std::time::Duration::from_millis(1);
-    let started = std::time::Instant::now();
-    let deadline = started + delay;
-    if delay > 2 * TICK {
-        tokio::time::sleep(delay - 2 * TICK).await;
-    }
-    let rest = deadline.saturating_duration_since(std::time::Instant::now());
-    if !rest.is_zero() {
-        // The blocking pool only fails to run this if the runtime is shutting down.
-        let _ = tokio::task::spawn_blocking(move || {
-            #[cfg(target_os = "linux")]
-            let _ = nix::sys::prctl::set_timerslack(1_000);
-            std::thread::sleep(rest)
-        })
-        .await;
-    }
-    started.elapsed()
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_hold_never_ends_early_and_is_not_rounded_up_to_a_timer_tick() {
-        let mut over = Vec::new();
-        for us in [0u64, 40, 300, 1_050, 2_000, 3_200] {
-            let delay = Duration::from_micros(us);
-            for _ in 0..20 {
-                let held = super::hold(delay).await;
-                assert!(held >= delay, "held {held:?} for a delay of {delay:?}");
-                over.push(held - delay);
-            }
-        }
-        // A timer that rounds to its millisecond tick overshoots by ~1 ms at the median; this
-        // bound only catches that, not scheduling noise on a loaded machine.
-        over.sort();
-        let median = over[over.len() / 2];
-        assert!(median < Duration::from_micros(700), "median overshoot {median:?}");
     }
 }

@@ -85,7 +85,7 @@ impl WireDType {
             return elems.checked_mul(self.size());
         }
         let n = *shape.last()?;
-        let rows = if n == 0 { 0 } else { elems / n };
+        let rows = elems.checked_div(n).unwrap_or(0);
         rows.checked_mul(self.side_bytes_per_row(n).checked_add(self.payload_bytes_per_row(n))?)
     }
 }
@@ -179,7 +179,7 @@ impl WireTensor {
     /// Byte range of the side information (empty for value dtypes); the payload follows it.
     pub fn side_len(&self) -> usize {
         let n = self.row_len();
-        if n == 0 { 0 } else { self.elements() / n * self.dtype.side_bytes_per_row(n) }
+        self.elements().checked_div(n).map_or(0, |rows| rows * self.dtype.side_bytes_per_row(n))
     }
 
     /// Zeroes the payload codes of the elements whose bit is set in `erased` (one bit per element,
