@@ -176,7 +176,10 @@ pub const MAX_DRAIN: usize = 32;
 /// Rows of a prefill computed together, by default: a prefill message with more rows is computed
 /// in chunks of this many, one layer at a time between other sessions' work. Deterministic (it
 /// does not depend on the load), so a prompt of more rows rounds like a UE that sent such chunks.
-pub const PREFILL_CHUNK_ROWS: usize = 64;
+/// 32, not 64: one layer of a 64-row chunk late in a 4,096-row prompt costs about two solo decode
+/// steps, which is what another UE waits behind (docs/survive.md, "One long prompt cannot starve
+/// the others").
+pub const PREFILL_CHUNK_ROWS: usize = 32;
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
