@@ -3,10 +3,8 @@
 use std::time::Instant;
 
 use split_core::bundle::LoadedModel;
-use split_core::sampling::SamplingConfig;
-use split_core::split::{Epoch, Split};
-use split_core::transform::LinkSetup;
-use split_core::wire::WireTensor;
+use split_core::protocol::{Migrate, Migrated, Open, Opened, Step, Token};
+use split_core::split::Split;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_server::Edge;
 use std::sync::Arc;
@@ -20,8 +18,7 @@ use crate::error::EdgeError;
 use crate::metrics::EdgeMetrics;
 use prost::Message;
 use crate::worker::score::ScoreInput;
-use crate::worker::{MigrateInput, OpenParams, SessionId, StepInput, WireKv, Worker};
-use split_core::migrate::Method;
+use crate::worker::{MigrateInput, OpenParams, SessionId, StepInput, Worker};
 
 pub struct EdgeService {
     pub(crate) worker: Worker,
@@ -134,7 +131,7 @@ impl SessionTask {
             Some(_) => return Err((None, Status::invalid_argument("the first message of a stream must be open"))),
             None => return Err((None, Status::invalid_argument("the stream ended before an open message"))),
         };
-        let params = self.open_params(open).map_err(|e| (None, Status::from(e)))?;
+        let params = Open::try_from(open).map_err(EdgeError::from).and_then(|o| self.open_params(o)).map_err(|e| (None, Status::from(e)))?;
         let k = params.split.k();
         let (prompt_tokens, open_epoch, scoring) = (params.prompt_tokens, params.epoch, params.scoring);
         let opened = self.worker.open(params).await.map_err(|e| (None, Status::from(e)))?;
@@ -143,25 +140,26 @@ impl SessionTask {
         tracing::info!(position = opened.position, "session open");
         self.metrics.session_split(&id.to_string(), Split { k, epoch: open_epoch });
         let c = self.model.model.config();
-        self.send(
-            &id,
-            pb::edge_message::Kind::Opened(pb::Opened {
-                session_id: id.to_string(),
-                n_layers: c.n_layers as u32,
-                hidden_size: c.hidden_size as u32,
-                position: opened.position as u64,
-                resume_secret: opened.secret.clone(),
-                last_token: opened.last_token.map(|t| pb::Token {
-                    position: t.position as u64,
-                    id: t.id,
-                    logprob: t.logprob,
-                    eos: t.eos,
-                    ..Default::default()
-                }),
-                scoring,
+        let answer = Opened {
+            session_id: id.to_string(),
+            n_layers: c.n_layers,
+            hidden_size: c.hidden_size,
+            position: opened.position,
+            resume_secret: opened.secret.clone(),
+            last_token: opened.last_token.map(|t| Token {
+                position: t.position,
+                id: t.id,
+                logprob: t.logprob,
+                eos: t.eos,
+                batch: 1,
+                edge_queue: std::time::Duration::ZERO,
+                edge_compute: std::time::Duration::ZERO,
+                uplink_delay: std::time::Duration::ZERO,
+                downlink_delay: std::time::Duration::ZERO,
             }),
-        )
-        .await?;
+            scoring,
+        };
+        self.send(&id, pb::edge_message::Kind::Opened(answer.into())).await?;
         // Whether the session has had an activation (or a migration) since it was opened: a
         // silent stream before that closes the session, after it keeps it for a resume.
         let mut started = opened.position > 0;
@@ -193,63 +191,55 @@ impl SessionTask {
                 }
                 Err(e) => return Err(e),
             };
-            let activation = match msg {
-                None => return self.ended(&id).await,
-                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) if scoring => {
-                    let input = score_input(&id, a).map_err(|e| (Some(id.clone()), Status::from(e)))?;
-                    let out = self.worker.score(input).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
-                    self.metrics.step(true, out.queue, out.compute, 1);
-                    self.send(
-                        &id,
-                        pb::edge_message::Kind::Scores(pb::Scores {
-                            logprob: out.logprob,
-                            edge_queue_us: out.queue.as_micros() as u64,
-                            edge_compute_us: out.compute.as_micros() as u64,
-                            // The channel emulator, which held the messages, stamps both delays.
-                            uplink_delay_us: 0,
-                            downlink_delay_us: 0,
-                        }),
-                    )
-                    .await?;
-                    continue;
+            let Some(msg) = msg else { return self.ended(&id).await };
+            let refused = |e: EdgeError| (Some(id.clone()), Status::from(e));
+            let step = match msg.kind {
+                Some(pb::ue_message::Kind::Activation(a)) => Step::try_from(a).map_err(|e| refused(e.into()))?,
+                Some(pb::ue_message::Kind::Migrate(_)) if scoring => {
+                    return Err((Some(id.clone()), Status::invalid_argument("a scoring session keeps its split: open another session to score at another k")));
                 }
-                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) if !a.targets.is_empty() => {
-                    return Err((Some(id), Status::invalid_argument("activation carries targets, but this session was opened to generate (Open.scoring is false)")));
-                }
-                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(_)) }) if scoring => {
-                    return Err((Some(id), Status::invalid_argument("a scoring session keeps its split: open another session to score at another k")));
-                }
-                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Activation(a)) }) => a,
-                Some(pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(m)) }) => {
-                    let input = migrate_input(&id, m).map_err(|e| (Some(id.clone()), Status::from(e)))?;
-                    let to = input.to;
-                    let position = input.position as u64;
-                    let method = input.method.to_string();
-                    let out = self.worker.migrate(input).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
+                Some(pb::ue_message::Kind::Migrate(m)) => {
+                    let change = Migrate::try_from(m).map_err(|e| refused(e.into()))?;
+                    let (to, position, method) = (change.to, change.position, change.method.to_string());
+                    let out = self.worker.migrate(MigrateInput { session: id.clone(), change }).await.map_err(refused)?;
                     tracing::Span::current().record("split", to.k);
                     self.metrics.split_change(&method);
                     self.metrics.session_split(&id.to_string(), to);
                     last_split = to;
-                    let kv = out
-                        .kv
-                        .into_iter()
-                        .map(|e| pb::LayerKv { layer: e.layer as u32, k: Some(e.k.into()), v: Some(e.v.into()) })
-                        .collect();
-                    self.send(
-                        &id,
-                        pb::edge_message::Kind::Migrated(pb::Migrated {
-                            split: Some(to.into()),
-                            position,
-                            kv,
-                            edge_compute_us: out.compute.as_micros() as u64,
-                        }),
-                    )
-                    .await?;
+                    let answer = Migrated { split: to, position, kv: out.kv, edge_compute: out.compute };
+                    self.send(&id, pb::edge_message::Kind::Migrated(answer.into())).await?;
                     continue;
                 }
-                Some(_) => return Err((Some(id), Status::invalid_argument("only activation and migrate messages may follow open"))),
+                _ => return Err((Some(id.clone()), Status::invalid_argument("only activation and migrate messages may follow open"))),
             };
-            let step = self.step_input(&id, activation).map_err(|e| (Some(id.clone()), Status::from(e)))?;
+            if scoring {
+                let out = self.worker.score(score_input(&id, step).map_err(refused)?).await.map_err(refused)?;
+                self.metrics.step(true, out.queue, out.compute, 1);
+                self.send(
+                    &id,
+                    pb::edge_message::Kind::Scores(pb::Scores {
+                        logprob: out.logprob,
+                        edge_queue_us: out.queue.as_micros() as u64,
+                        edge_compute_us: out.compute.as_micros() as u64,
+                        // The channel emulator, which held the messages, stamps both delays.
+                        uplink_delay_us: 0,
+                        downlink_delay_us: 0,
+                    }),
+                )
+                .await?;
+                continue;
+            }
+            if !step.targets.is_empty() {
+                return Err((Some(id.clone()), Status::invalid_argument("activation carries targets, but this session was opened to generate (Open.scoring is false)")));
+            }
+            let step = StepInput {
+                session: id.clone(),
+                position: step.position,
+                split: step.split,
+                hidden: step.hidden,
+                erased: step.erased,
+                enqueued: Instant::now(),
+            };
             let (prefill, step_split, enqueued) = (step.position < prompt_tokens, step.split, step.enqueued);
             let out = self.worker.step(step).await.map_err(|e| (Some(id.clone()), Status::from(e)))?;
             match &out {
@@ -264,22 +254,19 @@ impl SessionTask {
             if let Some(t) = out {
                 self.metrics.token();
                 tracing::debug!(position = t.position, token = t.id, compute_us = t.compute.as_micros() as u64, "step");
-                self.send(
-                    &id,
-                    pb::edge_message::Kind::Token(pb::Token {
-                        position: t.position as u64,
-                        id: t.id,
-                        logprob: t.logprob,
-                        edge_queue_us: t.queue.as_micros() as u64,
-                        edge_compute_us: t.compute.as_micros() as u64,
-                        eos: t.eos,
-                        // The channel emulator, which held the messages, stamps both delays.
-                        uplink_delay_us: 0,
-                        downlink_delay_us: 0,
-                        batch: t.batch as u32,
-                    }),
-                )
-                .await?;
+                let token = Token {
+                    position: t.position,
+                    id: t.id,
+                    logprob: t.logprob,
+                    eos: t.eos,
+                    batch: t.batch,
+                    edge_queue: t.queue,
+                    edge_compute: t.compute,
+                    // The channel emulator, which held the messages, stamps both delays.
+                    uplink_delay: std::time::Duration::ZERO,
+                    downlink_delay: std::time::Duration::ZERO,
+                };
+                self.send(&id, pb::edge_message::Kind::Token(token.into())).await?;
             }
         }
     }
@@ -334,116 +321,48 @@ impl SessionTask {
         Ok((id.clone(), End::Close))
     }
 
-    fn open_params(&self, open: pb::Open) -> Result<OpenParams, EdgeError> {
+    /// What only this edge can check of an open: its model, and the split's depth in it.
+    fn open_params(&self, open: Open) -> Result<OpenParams, EdgeError> {
         if open.model_sha256 != self.model.sha256 {
             return Err(EdgeError::FailedPrecondition(format!(
                 "the UE runs model sha256 {:?} but this edge serves {}",
                 open.model_sha256, self.model.sha256
             )));
         }
-        let open_split = open.split.ok_or_else(|| EdgeError::InvalidArgument("open carries no split".into()))?;
-        let split = self.model.model.split_point(open_split.k as usize)?;
-        let sampling = open.sampling.map(SamplingConfig::try_from).transpose()?.unwrap_or(SamplingConfig::GREEDY);
-        let resume = if open.resume_session_id.is_empty() { None } else { Some(SessionId::parse(&open.resume_session_id)?) };
-        for (field, value, max) in [("client", &open.client, 256), ("calibration_sha256", &open.calibration_sha256, 64), ("resume_secret", &open.resume_secret, 64)] {
-            if value.len() > max {
-                return Err(EdgeError::InvalidArgument(format!("open: {field} is {} bytes; at most {max}", value.len())));
-            }
-        }
+        let split = self.model.model.split_point(open.split.k)?;
+        let (resume, resume_secret) = match open.resume {
+            Some(r) => (Some(SessionId::parse(&r.session_id)?), r.secret),
+            None => (None, String::new()),
+        };
         Ok(OpenParams {
             split,
-            epoch: Epoch(open_split.epoch),
-            sampling,
-            max_new_tokens: open.max_new_tokens as usize,
+            epoch: open.split.epoch,
+            sampling: open.sampling,
+            max_new_tokens: open.max_new_tokens,
             ignore_eos: open.ignore_eos,
-            prompt_tokens: open.prompt_tokens as usize,
+            prompt_tokens: open.prompt_tokens,
             client: open.client,
             resume,
-            resume_secret: open.resume_secret,
-            link: LinkSetup::from_open(split_core::wire::WireDType::F32, open.normalization, open.concealment)?,
+            resume_secret,
+            link: open.link,
             calibration_sha256: open.calibration_sha256,
             scoring: open.scoring,
-        })
-    }
-
-    fn step_input(&self, id: &SessionId, a: pb::Activation) -> Result<StepInput, EdgeError> {
-        let split = a.split.ok_or_else(|| EdgeError::InvalidArgument("activation carries no split".into()))?;
-        let tensor = a.hidden.ok_or_else(|| EdgeError::InvalidArgument("activation carries no hidden state".into()))?;
-        let hidden = WireTensor::try_from(tensor)?;
-        Ok(StepInput {
-            session: id.clone(),
-            position: a.position as usize,
-            split: split.into(),
-            hidden,
-            erased: a.erased.to_vec(),
-            enqueued: Instant::now(),
         })
     }
 }
 
 /// A scoring session's window: position 0 (each window starts from an empty cache).
-fn score_input(id: &SessionId, a: pb::Activation) -> Result<ScoreInput, EdgeError> {
-    if a.position != 0 {
-        return Err(EdgeError::InvalidArgument(format!("a scoring window starts at position 0 (from an empty cache), not {}", a.position)));
+fn score_input(id: &SessionId, step: Step) -> Result<ScoreInput, EdgeError> {
+    if step.position != 0 {
+        return Err(EdgeError::InvalidArgument(format!("a scoring window starts at position 0 (from an empty cache), not {}", step.position)));
     }
-    let split = a.split.ok_or_else(|| EdgeError::InvalidArgument("activation carries no split".into()))?;
-    let tensor = a.hidden.ok_or_else(|| EdgeError::InvalidArgument("activation carries no hidden state".into()))?;
     Ok(ScoreInput {
         session: id.clone(),
-        split: split.into(),
-        hidden: WireTensor::try_from(tensor)?,
-        erased: a.erased.to_vec(),
-        targets: a.targets,
-        first_row: a.first_scored_row as usize,
+        split: step.split,
+        hidden: step.hidden,
+        erased: step.erased,
+        targets: step.targets,
+        first_row: step.first_scored_row,
         enqueued: Instant::now(),
-    })
-}
-
-/// Refuses a tensor with a NaN or infinite element.
-fn finite(t: &WireTensor, what: &str) -> Result<(), EdgeError> {
-    match t.to_f32_vec().iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        Some((i, v)) => Err(EdgeError::InvalidArgument(format!("migrate: {what} hold a non-finite value {v} at element {i}"))),
-        None => Ok(()),
-    }
-}
-
-/// Checks a migrate message's form and converts it; the worker checks it against the session.
-fn migrate_input(id: &SessionId, m: pb::Migrate) -> Result<MigrateInput, EdgeError> {
-    let from = m.from.ok_or_else(|| EdgeError::InvalidArgument("migrate carries no from split".into()))?;
-    let to = m.to.ok_or_else(|| EdgeError::InvalidArgument("migrate carries no to split".into()))?;
-    let method = match pb::Migration::try_from(m.method) {
-        Ok(pb::Migration::Transfer) => Method::Transfer,
-        Ok(pb::Migration::Recompute) => Method::Recompute,
-        _ => return Err(EdgeError::InvalidArgument(format!("migrate names no known method ({})", m.method))),
-    };
-    let kv = m
-        .kv
-        .into_iter()
-        .map(|e| {
-            let k = e.k.ok_or_else(|| EdgeError::InvalidArgument(format!("entries of layer {} carry no keys", e.layer)))?;
-            let v = e.v.ok_or_else(|| EdgeError::InvalidArgument(format!("entries of layer {} carry no values", e.layer)))?;
-            Ok(WireKv { layer: e.layer as usize, k: WireTensor::try_from(k)?, v: WireTensor::try_from(v)? })
-        })
-        .collect::<Result<Vec<_>, EdgeError>>()?;
-    let replay = match m.replay {
-        Some(t) => Some((WireTensor::try_from(t)?, m.replay_chunks.iter().map(|&c| c as usize).collect())),
-        None => None,
-    };
-    // Non-finite values would poison the caches (and every later token) without an error.
-    for e in &kv {
-        finite(&e.k, &format!("keys of layer {}", e.layer))?;
-        finite(&e.v, &format!("values of layer {}", e.layer))?;
-    }
-    if let Some((t, _)) = &replay {
-        finite(t, "replay states")?;
-    }
-    Ok(MigrateInput {
-        session: id.clone(),
-        from: from.into(),
-        to: to.into(),
-        position: m.position as usize,
-        method,
-        kv,
-        replay,
     })
 }

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::Tensor;
 use split_core::bundle::LoadedModel;
-use split_core::migrate::{self, Method};
-use split_core::model::{KvCache, LayerKv};
+use split_core::migrate::{self, Method, Side};
+use split_core::model::KvCache;
+use split_core::protocol::{LayerEntries, Migrate};
 use split_core::sampling::{Sampler, SamplingConfig};
 use split_core::split::{Epoch, Split, SplitPoint};
 use split_core::calibration::Calibration;
@@ -123,33 +124,18 @@ pub struct TokenOut {
     pub batch: usize,
 }
 
-/// Key/value entries of one layer on the wire.
-#[derive(Debug, Clone)]
-pub struct WireKv {
-    pub layer: usize,
-    pub k: WireTensor,
-    pub v: WireTensor,
-}
-
 /// A live split change announced by the UE (see `splitinfer.v1.Migrate`).
 #[derive(Debug)]
 pub struct MigrateInput {
     pub session: SessionId,
-    pub from: Split,
-    pub to: Split,
-    pub position: usize,
-    pub method: Method,
-    /// TRANSFER toward the edge: the moved layers' entries.
-    pub kv: Vec<WireKv>,
-    /// RECOMPUTE toward the edge: boundary states and the row chunks to replay them in.
-    pub replay: Option<(WireTensor, Vec<usize>)>,
+    pub change: Migrate,
 }
 
 /// What the edge did for a split change.
 #[derive(Debug)]
 pub struct MigrateOut {
     /// TRANSFER toward the UE: the entries of the layers the UE takes.
-    pub kv: Vec<WireKv>,
+    pub kv: Vec<LayerEntries>,
     pub compute: Duration,
 }
 
@@ -703,14 +689,14 @@ impl State {
     /// Moves the split of a session at a token boundary: the layers that change sides leave or
     /// join this session's caches. Checks everything before changing anything, so a refused
     /// migration leaves the session as it was.
-    fn migrate(&mut self, m: MigrateInput) -> Result<MigrateOut, EdgeError> {
+    fn migrate(&mut self, input: MigrateInput) -> Result<MigrateOut, EdgeError> {
         let started = Instant::now();
-        let missing = self.missing(&m.session);
+        let (id, m) = (&input.session, &input.change);
+        let missing = self.missing(id);
         let model = &self.model.model;
         let n_layers = model.n_layers();
-        let sess = self.sessions.get_mut(&m.session).ok_or(missing)?;
+        let sess = self.sessions.get_mut(id).ok_or(missing)?;
         sess.last_active = Instant::now();
-        let id = &m.session;
         let (from, to) = (m.from.k, m.to.k);
         if from != sess.split.k() {
             return Err(EdgeError::FailedPrecondition(format!(
@@ -740,56 +726,26 @@ impl State {
         if to < from {
             // The edge takes layers to..from.
             let gained = match m.method {
-                Method::Transfer => {
-                    let (kv_heads, head_dim) = model.kv_layout();
-                    let want: Vec<usize> = (to..from).collect();
-                    let got: Vec<usize> = m.kv.iter().map(|e| e.layer).collect();
-                    if got != want && !(pos == 0 && got.is_empty()) {
-                        return Err(EdgeError::InvalidArgument(format!(
-                            "migrate carries entries of layers {got:?}; moving the split from {from} to {to} needs layers {want:?}"
-                        )));
-                    }
-                    let entries = m
-                        .kv
-                        .iter()
-                        .map(|e| Ok(LayerKv { k: e.k.to_tensor(model.device())?, v: e.v.to_tensor(model.device())? }))
-                        .collect::<split_core::Result<Vec<_>>>()?;
-                    KvCache::from_entries(to..from, entries, pos, kv_heads, head_dim)
-                        .map_err(|e| EdgeError::InvalidArgument(format!("moved caches: {e}")))?
-                }
+                Method::Transfer => migrate::from_wire(model, "migrate", &m.kv, from, to, pos)?,
                 Method::Recompute => {
-                    let (states, chunks) = m
-                        .replay
-                        .as_ref()
-                        .ok_or_else(|| EdgeError::InvalidArgument("recompute migration carries no replay states".into()))?;
+                    let replay = m.replay.as_ref().ok_or_else(|| EdgeError::InvalidArgument("recompute migration carries no replay states".into()))?;
                     let hidden = model.config().hidden_size;
-                    if states.shape() != [1, pos, hidden] {
+                    if replay.states.shape() != [1, pos, hidden] {
                         return Err(EdgeError::InvalidArgument(format!(
                             "replay states have shape {:?}, expected [1, {pos}, {hidden}]",
-                            states.shape()
+                            replay.states.shape()
                         )));
                     }
-                    migrate::replay(model, &states.to_tensor(model.device())?, chunks, to..from)?
+                    migrate::replay(model, &replay.states.to_tensor(model.device())?, &replay.chunks, to..from)?
                 }
             };
-            let rest = std::mem::replace(&mut sess.cache, KvCache::new(0..0));
-            sess.cache = gained.join(rest)?;
+            migrate::take(Side::Edge, &mut sess.cache, gained)?;
         } else {
             // The UE takes layers from..to.
-            let rest = sess.cache.split_off(to)?;
-            let given = std::mem::replace(&mut sess.cache, rest);
+            let given = migrate::give(Side::Edge, &mut sess.cache, to)?;
             if m.method == Method::Transfer {
-                for (layer, e) in given.entries() {
-                    if let Some(e) = e {
-                        out.push(WireKv {
-                            layer,
-                            k: WireTensor::from_tensor(&e.k, sess.wire)?,
-                            v: WireTensor::from_tensor(&e.v, sess.wire)?,
-                        });
-                    }
-                }
+                out = migrate::to_wire(&given, sess.wire)?;
             }
-            sess.cache.set_empty_position(pos);
         }
         debug_assert_eq!(sess.cache.range(), to_split.edge_layers(n_layers));
         tracing::info!(

@@ -15,6 +15,9 @@
 //!   emulator uses without candle; [`calibrate`] measures a model's calibration statistics.
 //! - [`migrate`]: live split changes — moving or exactly recomputing the KV caches of layers that
 //!   change sides, the UE's log of boundary hidden states, and the cost model choosing between them.
+//! - [`protocol`]: the session protocol's messages (`Open`, `Step`, `Migrate`, `Token`,
+//!   `Migrated`, …) as domain values, converted from and to the generated types at the service
+//!   boundary by both the UE and the edge.
 //! - [`pipeline`]: monolithic and in-process split execution, and the generation loop.
 //! - [`sampling`]: greedy and seeded temperature / top-k / top-p sampling.
 //! - [`perplexity`]: sliding-window perplexity, optionally split with a boundary (the grids of
@@ -36,6 +39,7 @@ pub mod migrate;
 pub mod model;
 pub mod perplexity;
 pub mod privacy;
+pub mod protocol;
 pub mod rotation;
 pub mod pipeline;
 pub mod sampling;

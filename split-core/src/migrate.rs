@@ -11,6 +11,10 @@
 //! The UE keeps a [`BoundaryLog`] of the hidden states at every layer boundary it computed, which
 //! is what a recompute replays; [`CostModel::plan`] picks the cheaper way from measured layer times
 //! and the link rate.
+//!
+//! Both ends move caches through the same four functions: [`give`] takes the layers that leave a
+//! side out of its cache, [`take`] joins the layers that arrive, and [`to_wire`] and [`from_wire`]
+//! turn moved entries into wire tensors and back.
 
 use std::fmt;
 use std::ops::Range;
@@ -19,7 +23,74 @@ use std::str::FromStr;
 use candle_core::Tensor;
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, SplitModel};
+use crate::model::{KvCache, LayerKv, SplitModel};
+use crate::protocol::LayerEntries;
+use crate::wire::{CandleWire, WireDType, WireTensor};
+
+/// Which side of the split a cache belongs to: the UE holds layers `0..k`, the edge `k..L`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Ue,
+    Edge,
+}
+
+/// Takes the layers that leave `side` when the split moves to `to` out of `cache` and returns
+/// them; `cache` keeps the rest, at the same position (also when it is left with no layer).
+pub fn give(side: Side, cache: &mut KvCache, to: usize) -> Result<KvCache> {
+    let position = cache.position();
+    let given = match side {
+        // The UE keeps 0..to and gives to..from.
+        Side::Ue => cache.split_off(to)?,
+        // The edge keeps to..L and gives from..to.
+        Side::Edge => {
+            let kept = cache.split_off(to)?;
+            std::mem::replace(cache, kept)
+        }
+    };
+    cache.set_empty_position(position);
+    Ok(given)
+}
+
+/// Joins the layers `gained` that arrive on `side` to its `cache`: above the UE's layers, below
+/// the edge's.
+pub fn take(side: Side, cache: &mut KvCache, gained: KvCache) -> Result<()> {
+    let own = std::mem::replace(cache, KvCache::new(0..0));
+    *cache = match side {
+        Side::Ue => own.join(gained)?,
+        Side::Edge => gained.join(own)?,
+    };
+    Ok(())
+}
+
+/// The entries of every layer of `moved` that has seen a position, for the wire in `dtype`.
+pub fn to_wire(moved: &KvCache, dtype: WireDType) -> Result<Vec<LayerEntries>> {
+    moved
+        .entries()
+        .filter_map(|(layer, e)| e.map(|e| (layer, e)))
+        .map(|(layer, e)| Ok(LayerEntries { layer, k: WireTensor::from_tensor(&e.k, dtype)?, v: WireTensor::from_tensor(&e.v, dtype)? }))
+        .collect()
+}
+
+/// The caches of the layers that change sides when the split moves from `from` to `to`, at
+/// `position`, from the entries the other side sent in `message` (for the words of a refusal):
+/// one per moved layer, in order, or none at position 0.
+pub fn from_wire(model: &SplitModel, message: &str, entries: &[LayerEntries], from: usize, to: usize, position: usize) -> Result<KvCache> {
+    let layers = from.min(to)..from.max(to);
+    let want: Vec<usize> = layers.clone().collect();
+    let got: Vec<usize> = entries.iter().map(|e| e.layer).collect();
+    if got != want && !(position == 0 && got.is_empty()) {
+        return Err(Error::InvalidArgument(format!(
+            "{message} carries entries of layers {got:?}; moving the split from {from} to {to} needs layers {want:?}"
+        )));
+    }
+    let (kv_heads, head_dim) = model.kv_layout();
+    let device = model.device();
+    let entries = entries
+        .iter()
+        .map(|e| Ok(LayerKv { k: e.k.to_tensor(device)?, v: e.v.to_tensor(device)? }))
+        .collect::<Result<Vec<_>>>()?;
+    KvCache::from_entries(layers, entries, position, kv_heads, head_dim).map_err(|e| Error::InvalidArgument(format!("moved caches: {e}")))
+}
 
 /// How the caches of moved layers get to their new side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

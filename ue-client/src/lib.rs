@@ -18,23 +18,22 @@ pub mod session;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use prost::Message;
 use split_core::bundle::LoadedModel;
-use split_core::migrate::{self, BoundaryLog, CostModel, Method, MigrationMode, MigrationShape};
-use split_core::model::{KvCache, LayerKv};
+use split_core::migrate::{self, BoundaryLog, CostModel, Method, MigrationMode, MigrationShape, Side};
+use split_core::model::KvCache;
+use split_core::protocol::{Migrate, Replay, Step, Token};
 use split_core::sampling::SamplingConfig;
 use split_core::split::{Epoch, Split, SplitPoint};
 use split_core::calibration::Calibration;
 use split_core::transform::{Concealment, LinkSetup, Normalization};
 use split_core::wire::{CandleWire, WireDType, WireTensor};
-use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_client::EdgeClient;
 use tonic::transport::Channel;
 
 pub use config::UeConfig;
 pub use report::{GenerationReport, MigrationEvent, TokenEvent};
 pub use session::{Endpoints, Recovery};
-use session::{Conn, History, Recovered};
+use session::{Conn, History, Recovered, Reply};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UeError {
@@ -222,19 +221,6 @@ async fn on_model<T: Send + 'static>(
     .and_then(|(s, r, d)| Ok((s, r?, d)))
 }
 
-/// The activation message of one step.
-fn activation(position: u64, split: Split, hidden: WireTensor, took: Duration) -> pb::UeMessage {
-    pb::UeMessage {
-        kind: Some(pb::ue_message::Kind::Activation(pb::Activation {
-            position,
-            split: Some(split.into()),
-            hidden: Some(hidden.into()),
-            ue_compute_us: took.as_micros() as u64,
-            ..Default::default()
-        })),
-    }
-}
-
 /// One generation session over `client` at the request's fixed split.
 pub async fn generate(
     client: &mut EdgeClient<Channel>,
@@ -346,7 +332,7 @@ impl<'a> UeSession<'a> {
 
     /// Rebuilds everything in a fresh session (opened by the caller), again into another one
     /// whenever the link breaks on the way; returns the token of the step in flight, if any.
-    async fn replay(&mut self) -> Result<Option<pb::Token>, UeError> {
+    async fn replay(&mut self) -> Result<Option<Token>, UeError> {
         let started = Instant::now();
         let out = loop {
             match session::replay(&mut self.conn, &self.model, &self.req, self.split, &self.history, &self.generated, self.keep_log).await {
@@ -378,7 +364,7 @@ impl<'a> UeSession<'a> {
             return Ok(false);
         }
         let state = self.take_state()?;
-        match migrate(state, &mut self.conn, &self.req, &self.cost, &self.shape, self.split, d, self.tokens.len()).await {
+        match self.migrate(state, d).await {
             Ok((state, event)) => {
                 self.state = Some(state);
                 self.migrations.push(event);
@@ -401,10 +387,10 @@ impl<'a> UeSession<'a> {
     async fn step(&mut self, input: &[u32]) -> Result<&TokenEvent, UeError> {
         let chunk = if self.req.prefill_chunk == 0 { usize::MAX } else { self.req.prefill_chunk };
         let mut ue_compute = Duration::ZERO;
-        let mut pending: Vec<(u64, pb::UeMessage)> = Vec::new();
+        let mut pending: Vec<Step> = Vec::new();
         for rows in input.chunks(chunk) {
             let state = self.take_state()?;
-            let position = state.cache.position() as u64;
+            let position = state.cache.position();
             let (tokens_in, link, calibration) = (rows.to_vec(), self.req.link(), self.req.calibration.clone());
             let (state, hidden, took) = on_model(state, move |m| m.step(&tokens_in, link, calibration.as_deref())).await?;
             self.state = Some(state);
@@ -415,20 +401,22 @@ impl<'a> UeSession<'a> {
             }
             self.history.inputs.extend_from_slice(rows);
             self.history.chunks.push(rows.len());
-            pending.push((position, activation(position, self.split, hidden, took)));
+            pending.push(Step::generate(position, self.split, hidden, took));
         }
-        let end = self.state.as_ref().map_or(0, |s| s.cache.position()) as u64;
+        let end = self.state.as_ref().map_or(0, |s| s.cache.position());
         let mut step_bytes = 0u64;
         let mut sent_at = Instant::now();
+        let mut down_before = self.conn.bytes_down;
         let t = loop {
             let conn = &mut self.conn;
             let exchanged = async {
-                for (_, msg) in &pending {
+                for step in &pending {
                     sent_at = Instant::now();
-                    step_bytes += conn.send(msg.clone()).await?;
+                    step_bytes += conn.send(step.clone()).await?;
                 }
+                down_before = conn.bytes_down;
                 match conn.recv().await? {
-                    pb::edge_message::Kind::Token(t) => Ok(t),
+                    Reply::Token(t) => Ok(t),
                     other => Err(UeError::Protocol(format!("expected a token, got {other:?}"))),
                 }
             }
@@ -445,10 +433,10 @@ impl<'a> UeSession<'a> {
                             }
                         }
                         // Resend what the edge did not get.
-                        let Some(i) = pending.iter().position(|(p, _)| *p == position) else {
+                        let Some(i) = pending.iter().position(|s| s.position == position) else {
                             return Err(UeError::Protocol(format!(
                                 "resumed at position {position}, which is no boundary of the step the UE is in ({:?}..{end})",
-                                pending.first().map(|p| p.0)
+                                pending.first().map(|s| s.position)
                             )));
                         };
                         pending.drain(..i);
@@ -462,12 +450,12 @@ impl<'a> UeSession<'a> {
             }
         };
         let rtt = sent_at.elapsed();
-        let edge = Duration::from_micros(t.edge_queue_us + t.edge_compute_us);
-        let network_us = rtt.saturating_sub(edge).as_micros() as u64;
+        let network_us = rtt.saturating_sub(t.edge_queue + t.edge_compute).as_micros() as u64;
         // The emulator reports the air time it held each direction for; the rest of the network
         // time (serialization, TCP, the proxy's own work) cannot be split by one clock, so each
         // direction is given half of it.
-        let transport_us = network_us.saturating_sub(t.uplink_delay_us + t.downlink_delay_us);
+        let (uplink_delay_us, downlink_delay_us) = (t.uplink_delay.as_micros() as u64, t.downlink_delay.as_micros() as u64);
+        let transport_us = network_us.saturating_sub(uplink_delay_us + downlink_delay_us);
         self.tokens.push(TokenEvent {
             id: t.id,
             logprob: t.logprob,
@@ -476,13 +464,13 @@ impl<'a> UeSession<'a> {
             epoch: self.split.epoch.get(),
             ue_compute_us: ue_compute.as_micros() as u64,
             network_us,
-            uplink_us: t.uplink_delay_us + transport_us / 2,
-            downlink_us: t.downlink_delay_us + transport_us - transport_us / 2,
-            edge_queue_us: t.edge_queue_us,
-            edge_compute_us: t.edge_compute_us,
-            edge_batch: t.batch.max(1),
+            uplink_us: uplink_delay_us + transport_us / 2,
+            downlink_us: downlink_delay_us + transport_us - transport_us / 2,
+            edge_queue_us: t.edge_queue.as_micros() as u64,
+            edge_compute_us: t.edge_compute.as_micros() as u64,
+            edge_batch: t.batch as u32,
             bytes_up: step_bytes,
-            bytes_down: t.encoded_len() as u64,
+            bytes_down: self.conn.bytes_down - down_before,
         });
         self.generated.push(t.id);
         self.stopped_at_eos = t.eos && !self.req.ignore_eos;
@@ -538,157 +526,112 @@ async fn run(
     session.close().await
 }
 
-/// Moves the split from `from` to `to` at a token boundary: plans the method, moves or rebuilds
-/// the caches of the layers that change sides, and waits for the edge to confirm.
-#[allow(clippy::too_many_arguments)]
-async fn migrate(
-    state: UeModel,
-    conn: &mut Conn<'_>,
-    req: &GenerateRequest,
-    cost: &CostModel,
-    shape: &MigrationShape,
-    from: Split,
-    to: Split,
-    at_token: usize,
-) -> Result<(UeModel, MigrationEvent), UeError> {
-    let started = Instant::now();
-    let position = state.cache.position();
-    let plan = match &state.log {
-        Some(log) => cost.plan(shape, from.k, to.k, &state.chunks, log.common_height(), req.migration),
-        // No log was kept: only a transfer is possible (the estimates are still logged).
-        None => cost.plan(shape, from.k, to.k, &state.chunks, 0, MigrationMode::Transfer),
-    };
-    let method = plan.method;
-    tracing::info!(
-        from = from.k, to = to.k, epoch = %to.epoch, position, %method,
-        transfer_est_ms = plan.transfer_s * 1e3, recompute_est_ms = plan.recompute_s * 1e3,
-        transfer_bytes = plan.transfer_bytes, recompute_bytes = plan.recompute_bytes,
-        "changing split"
-    );
-    let mut msg = pb::Migrate {
-        from: Some(from.into()),
-        to: Some(to.into()),
-        position: position as u64,
-        method: match method {
-            Method::Transfer => pb::Migration::Transfer,
-            Method::Recompute => pb::Migration::Recompute,
-        } as i32,
-        ..Default::default()
-    };
-    let wire = req.wire.for_caches();
-    let (mut state, ue_us) = if to.k < from.k {
-        // The edge takes layers to..from: ship their entries, or the states it replays.
-        let to_k = to.k;
-        let (s, payload, took) = on_model(state, move |m| {
-            let moved = m.cache.split_off(to_k)?;
-            m.cache.set_empty_position(position);
-            match method {
-                Method::Transfer => {
-                    let kv = moved
-                        .entries()
-                        .filter_map(|(layer, e)| e.map(|e| (layer, e)))
-                        .map(|(layer, e)| {
-                            Ok(pb::LayerKv {
-                                layer: layer as u32,
-                                k: Some(WireTensor::from_tensor(&e.k, wire)?.into()),
-                                v: Some(WireTensor::from_tensor(&e.v, wire)?.into()),
-                            })
-                        })
-                        .collect::<split_core::Result<Vec<_>>>()?;
-                    Ok((kv, None))
-                }
-                Method::Recompute => {
-                    let model = m.model.clone();
-                    let log = m.log.as_mut().ok_or_else(|| split_core::Error::InvalidArgument("recompute without a boundary log".into()))?;
-                    if log.common_height() < to_k {
-                        // Fill in the boundary the edge needs from lower ones.
-                        migrate::recompute(&model.model, log, to_k..to_k)?;
+impl UeSession<'_> {
+    /// Moves the split from the one in force to `to` at a token boundary: plans the method, moves
+    /// or rebuilds the caches of the layers that change sides (through the same
+    /// `split_core::migrate` functions the edge uses), and waits for the edge to confirm.
+    async fn migrate(&mut self, state: UeModel, to: Split) -> Result<(UeModel, MigrationEvent), UeError> {
+        let (from, at_token) = (self.split, self.tokens.len());
+        let (conn, req, cost, shape) = (&mut self.conn, &self.req, &self.cost, &self.shape);
+        let started = Instant::now();
+        let position = state.cache.position();
+        let plan = match &state.log {
+            Some(log) => cost.plan(shape, from.k, to.k, &state.chunks, log.common_height(), req.migration),
+            // No log was kept: only a transfer is possible (the estimates are still logged).
+            None => cost.plan(shape, from.k, to.k, &state.chunks, 0, MigrationMode::Transfer),
+        };
+        let method = plan.method;
+        tracing::info!(
+            from = from.k, to = to.k, epoch = %to.epoch, position, %method,
+            transfer_est_ms = plan.transfer_s * 1e3, recompute_est_ms = plan.recompute_s * 1e3,
+            transfer_bytes = plan.transfer_bytes, recompute_bytes = plan.recompute_bytes,
+            "changing split"
+        );
+        let mut change = Migrate { from, to, position, method, kv: Vec::new(), replay: None, ue_compute: Duration::ZERO };
+        let wire = req.wire.for_caches();
+        let mut state = if to.k < from.k {
+            // The edge takes layers to..from: ship their entries, or the states it replays.
+            let to_k = to.k;
+            let (s, (kv, replay), took) = on_model(state, move |m| {
+                let moved = migrate::give(Side::Ue, &mut m.cache, to_k)?;
+                match method {
+                    Method::Transfer => Ok((migrate::to_wire(&moved, wire)?, None)),
+                    Method::Recompute => {
+                        let model = m.model.clone();
+                        let log = m.log.as_mut().ok_or_else(|| split_core::Error::InvalidArgument("recompute without a boundary log".into()))?;
+                        if log.common_height() < to_k {
+                            // Fill in the boundary the edge needs from lower ones.
+                            migrate::recompute(&model.model, log, to_k..to_k)?;
+                        }
+                        let states = WireTensor::from_tensor(&log.boundary(to_k)?, wire)?;
+                        Ok((Vec::new(), Some(Replay { states, chunks: log.chunks() })))
                     }
-                    let states = WireTensor::from_tensor(&log.boundary(to_k)?, wire)?;
-                    Ok((Vec::new(), Some((states, log.chunks()))))
                 }
-            }
-        })
-        .await?;
-        msg.kv = payload.0;
-        if let Some((states, chunks)) = payload.1 {
-            msg.replay = Some(states.into());
-            msg.replay_chunks = chunks.into_iter().map(|c| c as u32).collect();
+            })
+            .await?;
+            (change.kv, change.replay, change.ue_compute) = (kv, replay, took);
+            s
+        } else if method == Method::Recompute {
+            // The UE takes layers from..to and rebuilds them from its log.
+            let (from_k, to_k) = (from.k, to.k);
+            let (s, (), took) = on_model(state, move |m| {
+                let model = m.model.clone();
+                let log = m.log.as_mut().ok_or_else(|| split_core::Error::InvalidArgument("recompute without a boundary log".into()))?;
+                let gained = migrate::recompute(&model.model, log, from_k..to_k)?;
+                migrate::take(Side::Ue, &mut m.cache, gained)
+            })
+            .await?;
+            change.ue_compute = took;
+            s
+        } else {
+            state
+        };
+        let ue_us = change.ue_compute.as_micros() as u64;
+        let bytes_up = conn.send(change).await?;
+        let down_before = conn.bytes_down;
+        let migrated = match conn.recv().await? {
+            Reply::Migrated(m) => m,
+            other => return Err(UeError::Protocol(format!("expected migrated, got {other:?}"))),
+        };
+        let (bytes_down, edge_compute) = (conn.bytes_down - down_before, migrated.edge_compute);
+        if to.k > from.k && method == Method::Transfer {
+            // The UE takes layers from..to: adopt the entries the edge sent.
+            let (from_k, to_k, entries) = (from.k, to.k, migrated.kv);
+            let (s, (), _) = on_model(state, move |m| {
+                let gained = migrate::from_wire(&m.model.model, "migrated", &entries, from_k, to_k, position)?;
+                migrate::take(Side::Ue, &mut m.cache, gained)
+            })
+            .await?;
+            state = s;
         }
-        (s, took.as_micros() as u64)
-    } else if method == Method::Recompute {
-        // The UE takes layers from..to and rebuilds them from its log.
-        let (from_k, to_k) = (from.k, to.k);
-        let (s, (), took) = on_model(state, move |m| {
-            let model = m.model.clone();
-            let log = m.log.as_mut().ok_or_else(|| split_core::Error::InvalidArgument("recompute without a boundary log".into()))?;
-            let gained = migrate::recompute(&model.model, log, from_k..to_k)?;
-            let own = std::mem::replace(&mut m.cache, KvCache::new(0..0));
-            m.cache = own.join(gained)?;
-            Ok(())
-        })
-        .await?;
-        (s, took.as_micros() as u64)
-    } else {
-        (state, 0)
-    };
-    msg.ue_compute_us = ue_us;
-    let bytes_up = conn.send(pb::UeMessage { kind: Some(pb::ue_message::Kind::Migrate(msg)) }).await?;
-    let migrated = match conn.recv().await? {
-        pb::edge_message::Kind::Migrated(m) => m,
-        other => return Err(UeError::Protocol(format!("expected migrated, got {other:?}"))),
-    };
-    let bytes_down = migrated.encoded_len() as u64;
-    if to.k > from.k && method == Method::Transfer {
-        // The UE takes layers from..to: adopt the entries the edge sent.
-        let (from_k, to_k) = (from.k, to.k);
-        let entries = migrated.kv;
-        let (s, (), _) = on_model(state, move |m| {
-            let (kv_heads, head_dim) = m.model.model.kv_layout();
-            let device = m.model.model.device().clone();
-            let entries = entries
-                .into_iter()
-                .map(|e| {
-                    let k = WireTensor::try_from(e.k.unwrap_or_default())?.to_tensor(&device)?;
-                    let v = WireTensor::try_from(e.v.unwrap_or_default())?.to_tensor(&device)?;
-                    Ok(LayerKv { k, v })
-                })
-                .collect::<split_core::Result<Vec<_>>>()?;
-            let gained = KvCache::from_entries(from_k..to_k, entries, position, kv_heads, head_dim)?;
-            let own = std::mem::replace(&mut m.cache, KvCache::new(0..0));
-            m.cache = own.join(gained)?;
-            Ok(())
-        })
-        .await?;
-        state = s;
+        if state.cache.range() != (0..to.k) || state.cache.position() != position {
+            return Err(UeError::Protocol(format!(
+                "after moving the split to {} the UE holds layers {:?} at position {}, expected 0..{} at {position}",
+                to.k,
+                state.cache.range(),
+                state.cache.position(),
+                to.k
+            )));
+        }
+        let event = MigrationEvent {
+            at_token,
+            position,
+            from: from.k,
+            to: to.k,
+            epoch: to.epoch.get(),
+            method: method.to_string(),
+            transfer_est_ms: plan.transfer_s * 1e3,
+            recompute_est_ms: plan.recompute_s * 1e3,
+            bytes_up,
+            bytes_down,
+            ue_compute_us: ue_us,
+            edge_compute_us: edge_compute.as_micros() as u64,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        tracing::info!(
+            from = from.k, to = to.k, epoch = %to.epoch, %method, took_ms = event.took_ms,
+            bytes_up, bytes_down, "split changed"
+        );
+        Ok((state, event))
     }
-    if state.cache.range() != (0..to.k) || state.cache.position() != position {
-        return Err(UeError::Protocol(format!(
-            "after moving the split to {} the UE holds layers {:?} at position {}, expected 0..{} at {position}",
-            to.k,
-            state.cache.range(),
-            state.cache.position(),
-            to.k
-        )));
-    }
-    let event = MigrationEvent {
-        at_token,
-        position,
-        from: from.k,
-        to: to.k,
-        epoch: to.epoch.get(),
-        method: method.to_string(),
-        transfer_est_ms: plan.transfer_s * 1e3,
-        recompute_est_ms: plan.recompute_s * 1e3,
-        bytes_up,
-        bytes_down,
-        ue_compute_us: ue_us,
-        edge_compute_us: migrated.edge_compute_us,
-        took_ms: started.elapsed().as_secs_f64() * 1e3,
-    };
-    tracing::info!(
-        from = from.k, to = to.k, epoch = %to.epoch, %method, took_ms = event.took_ms,
-        bytes_up, bytes_down, "split changed"
-    );
-    Ok((state, event))
 }

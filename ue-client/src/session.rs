@@ -28,6 +28,7 @@ use prost::Message;
 use split_core::bundle::LoadedModel;
 use split_core::migrate::BoundaryLog;
 use split_core::model::KvCache;
+use split_core::protocol::{Migrated, Open, Opened, Resume, Step, Token};
 use split_core::split::Split;
 use splitinfer_proto::v1 as pb;
 use splitinfer_proto::v1::edge_client::EdgeClient;
@@ -91,10 +92,31 @@ pub(crate) struct Stream {
     inbound: tonic::Streaming<pb::EdgeMessage>,
 }
 
+/// What the edge says on a generation stream, checked (see [`split_core::protocol`]).
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Opened(Opened),
+    Token(Token),
+    Migrated(Migrated),
+}
+
+impl TryFrom<pb::edge_message::Kind> for Reply {
+    type Error = UeError;
+
+    fn try_from(kind: pb::edge_message::Kind) -> Result<Self, UeError> {
+        Ok(match kind {
+            pb::edge_message::Kind::Opened(o) => Self::Opened(o.try_into()?),
+            pb::edge_message::Kind::Token(t) => Self::Token(t.try_into()?),
+            pb::edge_message::Kind::Migrated(m) => Self::Migrated(m.try_into()?),
+            pb::edge_message::Kind::Scores(_) => return Err(UeError::Protocol("scores on a generation stream".into())),
+        })
+    }
+}
+
 /// How a session came back after its link broke.
 pub(crate) enum Recovered {
     /// The same session: the edge is at `position`, and this is its last token, if any.
-    Resumed { position: u64, last_token: Option<pb::Token> },
+    Resumed { position: usize, last_token: Option<Token> },
     /// A new session at the same split: the UE must replay everything.
     Fresh,
 }
@@ -134,31 +156,28 @@ impl<'a> Conn<'a> {
         }
     }
 
-    fn open_message(model: &LoadedModel, req: &GenerateRequest, split: Split, resume: Option<(&str, &str)>) -> pb::UeMessage {
-        let (id, secret) = resume.unwrap_or_default();
-        pb::UeMessage {
-            kind: Some(pb::ue_message::Kind::Open(pb::Open {
-                model_sha256: model.sha256.clone(),
-                split: Some(split.into()),
-                sampling: Some(req.sampling.into()),
-                max_new_tokens: req.max_new_tokens as u32,
-                prompt_tokens: req.prompt.len() as u32,
-                client: req.client.clone(),
-                resume_session_id: id.to_string(),
-                resume_secret: secret.to_string(),
-                ignore_eos: req.ignore_eos,
-                normalization: pb::Normalization::from(req.normalization) as i32,
-                concealment: pb::Concealment::from(req.concealment) as i32,
-                calibration_sha256: req.calibration.as_ref().map(|c| c.file_sha256.clone()).unwrap_or_default(),
-                scoring: false,
-            })),
-        }
+    fn open_message(model: &LoadedModel, req: &GenerateRequest, split: Split, resume: Option<Resume>) -> pb::UeMessage {
+        let open = Open {
+            model_sha256: model.sha256.clone(),
+            split,
+            sampling: req.sampling,
+            max_new_tokens: req.max_new_tokens,
+            prompt_tokens: req.prompt.len(),
+            ignore_eos: req.ignore_eos,
+            client: req.client.clone(),
+            resume,
+            link: req.link(),
+            calibration_sha256: req.calibration.as_ref().map(|c| c.file_sha256.clone()).unwrap_or_default(),
+            scoring: false,
+        };
+        pb::UeMessage { kind: Some(pb::ue_message::Kind::Open(open.into())) }
     }
 
     /// Opens a stream (a new session, or a resume of this one) and reads its `Opened`.
-    pub async fn open(&mut self, model: &LoadedModel, req: &GenerateRequest, split: Split, resume: bool) -> Result<pb::Opened, UeError> {
+    pub async fn open(&mut self, model: &LoadedModel, req: &GenerateRequest, split: Split, resume: bool) -> Result<Opened, UeError> {
         let (tx, rx) = mpsc::channel::<pb::UeMessage>(8);
-        let open = Self::open_message(model, req, split, resume.then_some((self.id.as_str(), self.secret.as_str())));
+        let resume = resume.then(|| Resume { session_id: self.id.clone(), secret: self.secret.clone() });
+        let open = Self::open_message(model, req, split, resume);
         self.bytes_up += open.encoded_len() as u64;
         tx.send(open).await.map_err(|_| UeError::Link("the request stream closed early".into()))?;
         let call = self.client.generate(ReceiverStream::new(rx));
@@ -168,7 +187,7 @@ impl<'a> Conn<'a> {
         };
         self.stream = Some(Stream { tx, inbound });
         match self.recv().await? {
-            pb::edge_message::Kind::Opened(o) => {
+            Reply::Opened(o) => {
                 self.id = o.session_id.clone();
                 self.secret = o.resume_secret.clone();
                 Ok(o)
@@ -185,7 +204,8 @@ impl<'a> Conn<'a> {
         self.stream.as_mut().ok_or_else(|| UeError::Link("no stream to the edge".into()))
     }
 
-    pub async fn send(&mut self, msg: pb::UeMessage) -> Result<u64, UeError> {
+    pub async fn send(&mut self, msg: impl Into<pb::ue_message::Kind>) -> Result<u64, UeError> {
+        let msg = pb::UeMessage { kind: Some(msg.into()) };
         let n = msg.encoded_len() as u64;
         let tx = self.stream()?.tx.clone();
         tx.send(msg).await.map_err(|_| UeError::Link("the request stream closed early".into()))?;
@@ -194,7 +214,7 @@ impl<'a> Conn<'a> {
     }
 
     /// The next message from the edge, within the step timeout.
-    pub async fn recv(&mut self) -> Result<pb::edge_message::Kind, UeError> {
+    pub async fn recv(&mut self) -> Result<Reply, UeError> {
         let timeout = self.recovery.step_timeout;
         let inbound = &mut self.stream()?.inbound;
         let m = match tokio::time::timeout(timeout, inbound.message()).await {
@@ -204,7 +224,7 @@ impl<'a> Conn<'a> {
         match m {
             Ok(Some(m)) => {
                 self.bytes_down += m.encoded_len() as u64;
-                m.kind.ok_or_else(|| UeError::Protocol("empty message from the edge".into()))
+                m.kind.ok_or_else(|| UeError::Protocol("empty message from the edge".into()))?.try_into()
             }
             Ok(None) => Err(UeError::Link("the edge closed the stream without a status".into())),
             Err(s) => Err(UeError::Edge(s)),
@@ -320,7 +340,7 @@ pub(crate) async fn replay(
     history: &History,
     generated: &[u32],
     keep_log: bool,
-) -> Result<(UeModel, Option<pb::Token>), UeError> {
+) -> Result<(UeModel, Option<Token>), UeError> {
     let started = Instant::now();
     let log = keep_log.then(BoundaryLog::new);
     let mut state = UeModel { model: model.clone(), cache: KvCache::new(0..split.k), log, chunks: Vec::new() };
@@ -331,16 +351,16 @@ pub(crate) async fn replay(
     let mut pending = None;
     // Chunk by chunk, as first sent: the edge answers every one that ends in or after the prompt.
     for &rows in &history.chunks {
-        let position = offset as u64;
+        let position = offset;
         let tokens_in = history.inputs[offset..offset + rows].to_vec();
         let (link, calibration) = (req.link(), req.calibration.clone());
         let (s, hidden, took) = on_model(state, move |m| m.step(&tokens_in, link, calibration.as_deref())).await?;
         state = s;
-        conn.send(crate::activation(position, split, hidden, took)).await?;
+        conn.send(Step::generate(position, split, hidden, took)).await?;
         offset += rows;
         if offset >= prompt_len {
             let t = match conn.recv().await? {
-                pb::edge_message::Kind::Token(t) => t,
+                Reply::Token(t) => t,
                 other => return Err(UeError::Protocol(format!("expected a token during replay, got {other:?}"))),
             };
             match generated.get(produced) {
