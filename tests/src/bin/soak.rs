@@ -4,7 +4,9 @@
 //! the split with it, and each of `--sessions` UEs (in this process) follows the agent while it
 //! loops generations of `--tokens` greedy tokens, with resume and replay on. The run reports
 //! tokens, split changes, errors by kind, per-token latency, and the edge's and emulator's
-//! resident memory after warm-up and at the end; it exits 1 on any error.
+//! resident memory after warm-up, half-way and at the end. It exits 1 on any error, and when the
+//! edge's resident memory grew after warm-up by more than `--max-edge-growth-pct` (10% by
+//! default: a leak of one session's caches per generation would pass that within minutes).
 //!
 //!   cargo run --release -p splitinfer-tests --bin soak -- --sessions 16 --minutes 10
 //!
@@ -30,10 +32,11 @@ struct Args {
     minutes: f64,
     tokens: usize,
     alternate_ms: u64,
+    max_edge_growth_pct: f64,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args { sessions: 16, minutes: 10.0, tokens: 64, alternate_ms: 5000 };
+    let mut a = Args { sessions: 16, minutes: 10.0, tokens: 64, alternate_ms: 5000, max_edge_growth_pct: 10.0 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -42,15 +45,16 @@ fn parse_args() -> Result<Args, String> {
             "--minutes" => a.minutes = value()?.parse().map_err(|e| format!("--minutes: {e}"))?,
             "--tokens" => a.tokens = value()?.parse().map_err(|e| format!("--tokens: {e}"))?,
             "--alternate-ms" => a.alternate_ms = value()?.parse().map_err(|e| format!("--alternate-ms: {e}"))?,
+            "--max-edge-growth-pct" => a.max_edge_growth_pct = value()?.parse().map_err(|e| format!("--max-edge-growth-pct: {e}"))?,
             "--help" | "-h" => {
-                println!("soak [--sessions N (16)] [--minutes M (10)] [--tokens per generation (64)] [--alternate-ms bad/good period (5000)]");
+                println!("soak [--sessions N (16)] [--minutes M (10)] [--tokens per generation (64)] [--alternate-ms bad/good period (5000)] [--max-edge-growth-pct P (10)]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
-    if a.sessions == 0 || a.tokens == 0 || a.alternate_ms == 0 || !(a.minutes > 0.0) {
-        return Err("--sessions, --tokens, --alternate-ms and --minutes must be positive".into());
+    if a.sessions == 0 || a.tokens == 0 || a.alternate_ms == 0 || !(a.minutes > 0.0) || !(a.max_edge_growth_pct > 0.0) {
+        return Err("--sessions, --tokens, --alternate-ms, --minutes and --max-edge-growth-pct must be positive".into());
     }
     Ok(a)
 }
@@ -198,8 +202,13 @@ async fn main() {
     let tokens_at_warm = counters.tokens.load(Ordering::Relaxed);
     let total = Duration::from_secs_f64(args.minutes * 60.0);
     let mut next_report = Instant::now() + Duration::from_secs(30);
+    let half_way = warm + (total.saturating_sub(warm)) / 2;
+    let mut edge_mid = None;
     while started.elapsed() < total {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if edge_mid.is_none() && started.elapsed() >= half_way {
+            edge_mid = Some(rss_mib(edge.0.id()));
+        }
         if Instant::now() >= next_report {
             next_report += Duration::from_secs(30);
             eprintln!(
@@ -235,9 +244,16 @@ async fn main() {
     println!("| split changes (live migrations) | {} |", counters.migrations.load(Ordering::Relaxed));
     println!("| resumes / replays | {} / {} |", counters.resumes.load(Ordering::Relaxed), counters.replays.load(Ordering::Relaxed));
     println!("| per-token latency p50 / p99 | {:.1} / {:.1} ms |", percentile(&mut lat, 0.5), percentile(&mut lat, 0.99));
-    println!("| edge resident memory, after warm-up → end | {edge_start:.0} → {edge_end:.0} MiB |");
+    let edge_mid = edge_mid.unwrap_or(f64::NAN);
+    let growth_pct = (edge_end - edge_start) / edge_start * 100.0;
+    let within = growth_pct <= args.max_edge_growth_pct;
+    println!(
+        "| edge resident memory, after warm-up → half-way → end | {edge_start:.0} → {edge_mid:.0} → {edge_end:.0} MiB ({growth_pct:+.1}%; bound {:.0}%: {}) |",
+        args.max_edge_growth_pct,
+        if within { "within" } else { "EXCEEDED" }
+    );
     println!("| emulator resident memory, after warm-up → end | {emu_start:.0} → {emu_end:.0} MiB |");
-    if error_count > 0 {
+    if error_count > 0 || !within {
         std::process::exit(1);
     }
 }
