@@ -10,6 +10,7 @@ mod certs;
 mod figure;
 mod health;
 mod rl;
+mod snake;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,10 @@ enum Command {
     /// objective file on its profile and test texts (resumable), then reports the expected
     /// oracle against the best fixed action on held-out states.
     Decision(decision::DecisionArgs),
+    /// Snake Learning (docs/snake.md): adapters on the edge's layers, fine-tuned by node processes
+    /// in serpentine order against the channel, with centralized and federated baselines, and
+    /// the report. `snake run` does it all, resumably.
+    Snake(snake::SnakeArgs),
     /// Write a generated mobility trace (t_ms,snr_db,m) as CSV, the format the emulator's
     /// --trace replays.
     Trace {
@@ -338,6 +343,7 @@ fn run(command: Command) -> Result<()> {
         Command::Calibrate(args) => calibrate::run(args),
         Command::Privacy(args) => privacy::run(args),
         Command::Decision(args) => decision::run(args),
+        Command::Snake(args) => snake::run(args),
         Command::Certs(args) => certs::run(&args),
         Command::Trace { mobility, duration_s, step_ms, seed, out } => {
             let m = if mobility == "vehicular" { Mobility::VEHICULAR } else { Mobility::PEDESTRIAN };

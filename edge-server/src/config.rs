@@ -59,6 +59,11 @@ pub struct EdgeConfig {
     /// model. Without it such sessions are refused.
     #[arg(long, env = "EDGE_CALIBRATION")]
     pub calibration: Option<PathBuf>,
+    /// Low-rank adapters on the edge's layers (`splitinfer snake run` writes them; docs/snake.md),
+    /// served on top of the model's weights. Refused if made for another model (sha256). The UE
+    /// needs nothing: only the layers this edge runs carry them.
+    #[arg(long, env = "EDGE_ADAPTER")]
+    pub adapter: Option<PathBuf>,
     /// Log as JSON lines.
     #[arg(long, env = "EDGE_LOG_JSON")]
     pub log_json: bool,
@@ -84,6 +89,7 @@ impl EdgeConfig {
             name: "edge".into(),
             metrics_listen: None,
             calibration: None,
+            adapter: None,
             log_json: false,
             tls: Default::default(),
         }

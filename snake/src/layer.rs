@@ -66,6 +66,16 @@ impl Lora {
         Ok(Self { a, b, scale: alpha / rank as f64 })
     }
 
+    /// [`Lora::new`] with `A` drawn from a seeded generator, so every method and every node
+    /// starts from the same adapter.
+    pub fn seeded(rank: usize, input: usize, output: usize, alpha: f64, rng: &mut impl rand::Rng, device: &Device) -> Result<Self> {
+        let normal = rand_distr::Normal::new(0f32, 1.0 / (input as f32).sqrt()).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let a: Vec<f32> = (0..rank * input).map(|_| rng.sample(normal)).collect();
+        let a = Var::from_tensor(&Tensor::from_vec(a, (rank, input), device)?)?;
+        let b = Var::zeros((output, rank), DType::F32, device)?;
+        Ok(Self { a, b, scale: alpha / rank as f64 })
+    }
+
     /// `x·Aᵀ·Bᵀ·scale` for rows `x` of `[seq, in]`.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.matmul(&self.a.as_tensor().t()?)?.matmul(&self.b.as_tensor().t()?)? * self.scale
@@ -109,7 +119,8 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, neox: bool) -> Result<Tensor> {
     }
 }
 
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+/// RMSNorm from differentiable primitives (candle_nn::ops::rms_norm has no backward pass).
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let rms = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?;
     x.broadcast_div(&rms)?.broadcast_mul(weight)
 }

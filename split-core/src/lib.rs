@@ -24,10 +24,13 @@
 //!   split points × links are in `splitinfer-rl`).
 //! - [`privacy`]: token-inversion attacks on the boundary state (nearest embedding, a linear
 //!   probe), the privacy floor of the split decision.
+//! - [`adapter`]: low-rank adapters on the edge's layers (Snake Learning's output, served by
+//!   `edge-server --adapter`), in a safetensors file tied to the model's sha256.
 //! - [`bundle`]: a loaded model with its tokenizer and identity, and model resolution.
 //! - [`assets`] and [`corpus`]: fetching the model and the Brown corpus into a cache, and turning
 //!   the tagged corpus back into text.
 
+pub mod adapter;
 pub mod assets;
 pub mod boundary;
 pub mod bundle;

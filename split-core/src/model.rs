@@ -31,6 +31,7 @@ pub use q4_1::PackedQ4_1;
 use layer::{DecoderLayer, Linear, RmsNorm};
 use rope::RopeTable;
 
+use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::split::SplitPoint;
 
@@ -176,6 +177,26 @@ impl SplitModel {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Adds `adapter`'s low-rank updates to the query and value projections of its layers from
+    /// `from_layer` on (the edge's side of a split at `from_layer`), replacing any earlier ones.
+    /// Returns how many layers took one. Refuses adapters whose shapes do not fit this model.
+    pub fn apply_adapter(&mut self, adapter: &Adapter, from_layer: usize) -> Result<usize> {
+        let (hidden, q_out, v_out) = (self.config.hidden_size, self.config.n_heads * self.config.head_dim, self.config.n_kv_heads * self.config.head_dim);
+        if let Some(&i) = adapter.layers.keys().find(|&&i| i >= self.config.n_layers) {
+            return Err(Error::InvalidArgument(format!("adapter has layer {i}; the model has {} layers", self.config.n_layers)));
+        }
+        for &i in adapter.layers.keys() {
+            adapter.check_layer(i, hidden, q_out, v_out)?;
+        }
+        let mut applied = 0;
+        for (&i, l) in adapter.layers.range(from_layer..) {
+            self.layers[i].q.lora = Some(l.q.clone());
+            self.layers[i].v.lora = Some(l.v.clone());
+            applied += 1;
+        }
+        Ok(applied)
     }
 
     pub fn n_layers(&self) -> usize {
@@ -462,6 +483,6 @@ impl<R: Read + Seek> Loader<'_, R> {
         let weight = layer::Weight::new(q)?;
         let bias_name = format!("{prefix}.bias");
         let bias = if self.content.tensor_infos.contains_key(&bias_name) { Some(self.dense(&bias_name)?) } else { None };
-        Ok(Linear { weight, dense, bias })
+        Ok(Linear { weight, dense, bias, lora: None })
     }
 }

@@ -8,6 +8,7 @@ use super::ModelConfig;
 use super::kv_cache::{KvCache, LayerKv};
 use super::q4_1::PackedQ4_1;
 use super::rope::RopeTable;
+use crate::adapter::LowRank;
 use crate::error::Result;
 
 /// Steps with at least this many rows use the dense copy of a weight when it has one.
@@ -27,6 +28,8 @@ pub(crate) struct Linear {
     pub weight: Weight,
     pub dense: Option<Tensor>,
     pub bias: Option<Tensor>,
+    /// A low-rank update served beside the frozen weight (`--adapter`, docs/snake.md).
+    pub lora: Option<LowRank>,
 }
 
 /// The quantized form of a projection's weight and the kernel that multiplies by it.
@@ -56,6 +59,18 @@ impl Weight {
 }
 
 impl Linear {
+    /// The bias and the adapter, on the frozen weight's output `y` for input `x`.
+    fn finish(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        Ok(match &self.lora {
+            Some(l) => (y + l.forward(x)?)?,
+            None => y,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, rows, inner) = x.dims3()?;
         let y = match &self.dense {
@@ -64,10 +79,7 @@ impl Linear {
             }
             _ => self.weight.forward(x)?,
         };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        self.finish(x, y)
     }
 
     /// `x` is `[n, 1, inner]`, one decode row per session; each output row is bit for bit what
@@ -79,10 +91,7 @@ impl Linear {
             Weight::Packed(p) => p.matmul(x)?,
             Weight::Candle(w) => matmul_rows(w, x)?,
         };
-        Ok(match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        })
+        self.finish(x, y)
     }
 }
 
