@@ -171,10 +171,10 @@ pub fn average(adapters: &[Adapter]) -> anyhow::Result<Adapter> {
     Ok(out)
 }
 
-/// Federated averaging: each round every node trains all of `layers` for `steps` steps from the
+/// Federated averaging: each round node `i` trains all of `layers` for `steps[i]` steps from the
 /// global adapters (sent inline, except in the first round, where every node already holds the
 /// same seeded start) and sends its adapters back; the global adapters become their mean.
-pub async fn run_fedavg(nodes: &mut [NodeClient], layers: Range<usize>, steps: u32, rounds: usize, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Run> {
+pub async fn run_fedavg(nodes: &mut [NodeClient], layers: Range<usize>, steps: &[u32], rounds: usize, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Run> {
     let started = Instant::now();
     let mut cost = RunCost { trainable_state_bytes: vec![0; nodes.len()], peak_rss_bytes: vec![0; nodes.len()], rounds, ..Default::default() };
     let mut curve = Vec::new();
@@ -186,7 +186,7 @@ pub async fn run_fedavg(nodes: &mut [NodeClient], layers: Range<usize>, steps: u
                 Some(bytes) => pb::train_request::Start::State(bytes.clone().into()),
                 None => pb::train_request::Start::Keep(true),
             };
-            let req = pb::TrainRequest { start: Some(start), first_layer: layers.start as u32, end_layer: layers.end as u32, steps, return_state: true };
+            let req = pb::TrainRequest { start: Some(start), first_layer: layers.start as u32, end_layer: layers.end as u32, steps: steps[i], return_state: true };
             let sent = if global.is_some() { req.encoded_len() as u64 } else { 0 };
             let reply = node.train(req).await?;
             // Down: the global state to the node; up: the node's state back.
