@@ -228,7 +228,7 @@ impl Objective {
 
     /// The highest SNR bin at or below `snr_db`, if any.
     pub fn bin(&self, snr_db: f64) -> Option<f64> {
-        self.states.snr_bins_db.iter().copied().filter(|&b| b <= snr_db).last()
+        self.states.snr_bins_db.iter().copied().rfind(|&b| b <= snr_db)
     }
 }
 

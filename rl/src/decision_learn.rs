@@ -471,7 +471,7 @@ pub fn run_curves(
             let mut env = DecisionEnv::new(Costs { ..*costs }, FromModel { o, model: &model }, l.ppo.n_envs, seed);
             let trained = crate::algo::ppo::train(&mut env, &l.ppo(seed, l.model_based_steps), &mut |_, _| Ok(true))?;
             let row = CurveRow { learner: MODEL_BASED.into(), seed, evaluations: budget, seconds: started.elapsed().as_secs_f64(), picks: picks_of(e, &trained)? };
-            progress(&format!("{MODEL_BASED} seed {seed}, {budget} evaluations: {:.1}% of the oracle ({:.0}s)", 100.0 * e.score_many(&[row.picks.clone()], &o.statistics).point, row.seconds));
+            progress(&format!("{MODEL_BASED} seed {seed}, {budget} evaluations: {:.1}% of the oracle ({:.0}s)", 100.0 * e.score_many(std::slice::from_ref(&row.picks), &o.statistics).point, row.seconds));
             append(csv, std::slice::from_ref(&row))?;
             rows.push(row);
         }
@@ -490,7 +490,7 @@ pub fn run_curves(
                 Ok(true)
             })?;
             if let Some(r) = out.last() {
-                progress(&format!("{MODEL_FREE} seed {seed}: {:.1}% of the oracle after {} evaluations ({:.0}s)", 100.0 * e.score_many(&[r.picks.clone()], &o.statistics).point, r.evaluations, r.seconds));
+                progress(&format!("{MODEL_FREE} seed {seed}: {:.1}% of the oracle after {} evaluations ({:.0}s)", 100.0 * e.score_many(std::slice::from_ref(&r.picks), &o.statistics).point, r.evaluations, r.seconds));
             }
             append(csv, &out)?;
             rows.extend(out);
@@ -505,7 +505,7 @@ pub fn run_curves(
                 Ok(())
             })?;
             if let Some(r) = out.last() {
-                progress(&format!("{BANDIT} seed {seed}: {:.1}% of the oracle after {} evaluations ({:.0}s)", 100.0 * e.score_many(&[r.picks.clone()], &o.statistics).point, r.evaluations, r.seconds));
+                progress(&format!("{BANDIT} seed {seed}: {:.1}% of the oracle after {} evaluations ({:.0}s)", 100.0 * e.score_many(std::slice::from_ref(&r.picks), &o.statistics).point, r.evaluations, r.seconds));
             }
             append(csv, &out)?;
             rows.extend(out);

@@ -16,14 +16,15 @@ use splitinfer_proto::v1 as pb;
 use splitinfer_tests::{default_model, shared_model, workspace_binary};
 use ue_client::score::{ScoreRequest, score};
 
+/// A fixed pseudo-random `[rows, cols]` matrix of amplitude `amp` (the same in every run).
+fn fixed(rows: usize, cols: usize, amp: f32, phase: f32) -> Tensor {
+    let v: Vec<f32> = (0..rows * cols).map(|i| amp * (i as f32 * 0.618 + phase).sin()).collect();
+    Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap()
+}
+
 /// Adapters on layers 28 and 29 of the default model with B away from zero, so they matter.
 fn adapter(sha256: &str) -> Adapter {
-    let d = Device::Cpu;
-    let lr = |out: usize| LowRank {
-        a: Tensor::randn(0f32, 0.05, (8, 576), &d).unwrap(),
-        b: Tensor::randn(0f32, 0.05, (out, 8), &d).unwrap(),
-        scale: 2.0,
-    };
+    let lr = |out: usize| LowRank { a: fixed(8, 576, 0.05, 0.3), b: fixed(out, 8, 0.5, 1.7), scale: 2.0 };
     let layers = BTreeMap::from([(28, LayerAdapter { q: lr(576), v: lr(192) }), (29, LayerAdapter { q: lr(576), v: lr(192) })]);
     Adapter { model_sha256: sha256.into(), rank: 8, alpha: 16.0, trained_split: 28, layers }
 }

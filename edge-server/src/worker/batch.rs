@@ -352,7 +352,7 @@ mod tests {
         let k = 10;
         let text = "The harbour master kept a ledger of every ship that entered the bay, its cargo, its crew and the weather on the day it arrived, and the ledger survived the fire.";
         let prompt = model.tokenizer.encode(text).unwrap();
-        assert!(prompt.len() > 32 && prompt.len() % 16 != 0, "three chunks, the last one short: {} tokens", prompt.len());
+        assert!(prompt.len() > 32 && !prompt.len().is_multiple_of(16), "three chunks, the last one short: {} tokens", prompt.len());
         let opened = state
             .open(OpenParams { max_new_tokens: 4, ..open_params(k, prompt.len()) })
             .unwrap();
