@@ -101,14 +101,17 @@ struct RunArgs {
     /// Methods to train: snake, centralized, fedavg.
     #[arg(long, default_value = "snake,centralized,fedavg")]
     methods: String,
-    /// The validation text the split is chosen on, and its length.
+    /// The validation text the split is chosen on (a Brown slice: news, learned, fiction,
+    /// editorial, hobbies, lore, government).
     #[arg(long, default_value = "government")]
     choose_text: String,
+    /// Tokens of the validation text scored at each k.
     #[arg(long, default_value_t = 2048)]
     choose_tokens: usize,
-    /// The held-out text, and its length.
+    /// The held-out text (a Brown slice).
     #[arg(long, default_value = "news")]
     test_text: String,
+    /// Tokens of the held-out text scored per evaluation.
     #[arg(long, default_value_t = 4096)]
     eval_tokens: usize,
     /// Channel seeds per noisy evaluation.
@@ -225,6 +228,7 @@ async fn experiment(args: RunArgs) -> Result<()> {
         None => choose_split(&args, &l, n, ppl)?,
     };
     anyhow::ensure!(k + n <= n_layers, "split {k} leaves {} edge layers for {n} nodes", n_layers - k);
+    check_settings(&args, &l.sha256, k)?;
     let edge = k..n_layers;
     let slices = coordinate::slices(edge.clone(), n);
     let total: u32 = coordinate::serpentine(&slices, &steps, args.rounds).iter().map(|t| t.steps).sum();
@@ -313,6 +317,36 @@ async fn experiment(args: RunArgs) -> Result<()> {
     let report = report(&args, k, &slices, total, &rows, &all, &files)?;
     std::fs::write(args.out.join("report.md"), &report)?;
     println!("{report}");
+    Ok(())
+}
+
+/// The settings every file in `--out` depends on, kept in `settings.json`: a later run with
+/// other settings would mix results, so it is refused.
+fn check_settings(args: &RunArgs, model_sha256: &str, k: usize) -> Result<()> {
+    let settings = serde_json::json!({
+        "model_sha256": model_sha256,
+        "split": k,
+        "shards": args.shards,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "window": args.shared.window,
+        "choose_text": args.choose_text,
+        "choose_tokens": args.choose_tokens,
+        "test_text": args.test_text,
+        "eval_tokens": args.eval_tokens,
+    });
+    let path = args.out.join("settings.json");
+    if path.is_file() {
+        let had: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?).with_context(|| format!("{} is not JSON", path.display()))?;
+        if had != settings {
+            bail!(
+                "{} holds results made with other settings ({had}); these are {settings}. Use another --out, or remove it to start again",
+                args.out.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&settings)?)?;
     Ok(())
 }
 

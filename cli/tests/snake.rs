@@ -65,5 +65,16 @@ fn two_node_processes_complete_a_serpentine_round_and_write_the_report() {
     let o = Command::new(env!("CARGO_BIN_EXE_splitinfer")).args(args).output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && stderr.contains("snake: snake already trained") && !stderr.contains("turn 1/4"), "{stderr}");
+
+    // Other settings into the same directory would mix results: refused, nothing touched.
+    let mut other = args.to_vec();
+    let at = other.iter().position(|a| *a == "--window").unwrap();
+    other[at + 1] = "32";
+    let before = std::fs::read(out.join("snake.safetensors")).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_splitinfer")).args(&other).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds results made with other settings") && stderr.contains("\"window\":32"), "{stderr}");
+    assert_eq!(std::fs::read(out.join("snake.safetensors")).unwrap(), before);
     std::fs::remove_dir_all(&out).unwrap();
 }
