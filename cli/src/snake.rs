@@ -53,7 +53,7 @@ struct Shared {
     #[command(flatten)]
     model: ModelArgs,
     /// Calibration statistics for the link's standardization and mean concealment. Default:
-    /// calibration/<model name>.json in this directory.
+    /// calibration/<model name>.json in this directory, for a known model.
     #[arg(long)]
     calibration: Option<PathBuf>,
     /// Tokens per training example.
@@ -145,8 +145,11 @@ fn load(shared: &Shared) -> Result<Loaded> {
     let model = SplitModel::load(&path)?;
     let tokenizer = Tokenizer::from_gguf_file(&path)?;
     let sha256 = assets::sha256_file(&path)?;
-    let cal_path = shared.calibration.clone().unwrap_or_else(|| PathBuf::from("calibration").join(format!("{}.json", shared.model.model_name)));
-    let calibration = Calibration::load(&cal_path, Some(&sha256)).with_context(|| format!("calibration {} (pass --calibration FILE)", cal_path.display()))?;
+    let cal_path = match &shared.calibration {
+        Some(p) => p.clone(),
+        None => crate::default_calibration(&sha256).context("the link needs calibration statistics: pass --calibration FILE (make one with `splitinfer calibrate`)")?,
+    };
+    let calibration = Calibration::load(&cal_path, Some(&sha256)).with_context(|| format!("calibration {}", cal_path.display()))?;
     let setup = LinkSetup { dtype: WireDType::F32, normalization: Normalization::Standardize, concealment: Concealment::Mean };
     let link = TrainLink { channel: preset(Preset::Bad, &ChannelConfig::default()), setup, calibration: Some(calibration) };
     Ok(Loaded { path, model, tokenizer, sha256, link })
