@@ -5,10 +5,11 @@
 #
 #   scripts/bench.sh [OUT.md]
 #
-# llama.cpp is measured as the reference for raw model speed when scripts/install-llamacpp.sh has
-# installed it (into the asset cache); otherwise the table says it was not measured. When perf can
-# record here, scripts/profile.sh runs first (~4 min) and its profile explains the missed targets
-# (section 8); BENCH_NO_PROFILE=1 skips it.
+# Native llama.cpp (`llama-bench`) is measured as the reference for raw model speed when
+# scripts/install-llamacpp.sh has built it (into the asset cache; `--native-only` is enough);
+# otherwise the table says it was not measured. When perf can record here, scripts/profile.sh runs
+# first (~4 min) and its profile explains the missed targets (section 8); BENCH_NO_PROFILE=1 skips
+# it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-docs/benchmarks.md}"

@@ -1,4 +1,10 @@
-"""Raw model speed of llama.cpp on the same GGUF: the reference for splitinfer's own engine.
+"""llama.cpp through its Python binding (llama-cpp-python) on the same GGUF, for scripts/profile.sh.
+
+The benchmark harness measures raw speed with native llama.cpp (`llama-bench`, section 6 of
+docs/benchmarks.md): the binding adds Python's per-token work to every decode step. This script is
+what scripts/profile.sh runs under `perf record` (--profile), because it can open perf's gate around
+one phase, which llama-bench cannot. Without --profile it measures the binding's speed by hand, e.g.
+to see that overhead against llama-bench.
 
 Run with the venv that scripts/install-llamacpp.sh makes:
     ~/.cache/splitinfer/llamacpp-venv/bin/python scripts/bench_llamacpp.py [--threads 2]

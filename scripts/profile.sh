@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Where the time goes, by profile, for the targets table of docs/benchmarks.md: runs section 1 of
 # the benchmark harness for the monolithic model and for one split (UE → emulator → edge in one
-# process, as the table measures it), and llama.cpp on the same GGUF when it is installed, under
-# `perf record`. perf samples only one phase of each generation (the harness opens and closes it
+# process, as the table measures it), and llama.cpp on the same GGUF under `perf record`, the
+# latter through its Python binding (scripts/bench_llamacpp.py, which opens perf's gate around one
+# phase; native llama-bench cannot) when scripts/install-llamacpp.sh has installed it (not with
+# --native-only). perf samples only one phase of each generation (the harness opens and closes it
 # through perf's control FIFO): the decode after the first token, then, in other recordings, the
 # prefill. Each generation is a 256-token prompt, then 256 greedy tokens; the runs take turns,
 # PROFILE_ROUNDS (4) rounds of 2 generations each. The decode recordings also sample section 3's

@@ -450,25 +450,152 @@ async fn agent_reaction() -> Result<Vec<f64>> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 6. Raw model speed against llama.cpp on the same GGUF and threads.
+// 6. Raw model speed against native llama.cpp on the same GGUF and threads.
 
-fn llama_cpp(threads: usize, repeats: usize) -> Option<serde_json::Value> {
-    let cache = split_core::assets::cache_dir();
-    let python = cache.join("llamacpp-venv/bin/python");
-    if !python.is_file() {
-        return None;
+/// Rounds of section 6 (ours, then llama-bench, once per round); `BENCH_RAW_ROUNDS` overrides.
+const RAW_ROUNDS: usize = 5;
+/// Prefill tokens, and decode steps after the short prompt and after the prefill, of section 6.
+const RAW_PREFILL: usize = 512;
+const RAW_DECODE: usize = 64;
+
+/// Native llama.cpp's figures from one `llama-bench` run, tokens/s.
+struct LlamaBench {
+    /// pp512: one batch of 512 tokens on an empty KV cache.
+    prefill: f64,
+    /// tg64 at depth 0: 64 single-token steps from an empty KV cache.
+    decode: f64,
+    /// tg64 at depth 512: 64 single-token steps after 512 cached positions.
+    decode_long: f64,
+    /// llama-bench's `build_commit`.
+    commit: String,
+}
+
+/// Where `scripts/install-llamacpp.sh` puts native llama.cpp.
+fn llamacpp_native_dir() -> PathBuf {
+    split_core::assets::cache_dir().join("llamacpp-native")
+}
+
+/// What `scripts/install-llamacpp.sh` built llama.cpp from, from its stamp (e.g. "llama-cpp-python
+/// 0.3.36 sdist").
+fn llamacpp_source() -> Option<String> {
+    let stamp = std::fs::read_to_string(llamacpp_native_dir().join("splitinfer-build-args")).ok()?;
+    stamp.split(',').next().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// One `llama-bench` run: pp512 and tg64 at depth 0, tg64 at depth 512 (it also runs pp512 at depth
+/// 512, which is not used), one repetition each after llama-bench's own warm-up. `Ok(None)` where
+/// native llama.cpp is not installed.
+fn llama_bench(threads: usize) -> Result<Option<LlamaBench>> {
+    let bin = llamacpp_native_dir().join("bin/llama-bench");
+    if !bin.is_file() {
+        return Ok(None);
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench_llamacpp.py");
-    let out = std::process::Command::new(python)
-        .arg(script)
-        .args(["--threads", &threads.to_string(), "--repeats", &repeats.to_string(), "--model", default_model().to_str()?])
+    let model = default_model();
+    let (p, n) = (RAW_PREFILL.to_string(), RAW_DECODE.to_string());
+    let depths = format!("0,{RAW_PREFILL}");
+    let out = std::process::Command::new(&bin)
+        .args(["-m", model.to_str().context("model path")?, "-t", &threads.to_string(), "-p", &p, "-n", &n, "-d", &depths, "-r", "1", "-o", "json"])
         .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!("bench: llama.cpp run failed: {}", String::from_utf8_lossy(&out.stderr));
-        return None;
+        .with_context(|| format!("running {}", bin.display()))?;
+    anyhow::ensure!(out.status.success(), "{} failed ({}): {}", bin.display(), out.status, String::from_utf8_lossy(&out.stderr).trim());
+    let tests: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).context("llama-bench's JSON")?;
+    let rate = |prompt: usize, steps: usize, depth: usize| -> Result<f64> {
+        tests
+            .iter()
+            .find(|t| t["n_prompt"].as_u64() == Some(prompt as u64) && t["n_gen"].as_u64() == Some(steps as u64) && t["n_depth"].as_u64() == Some(depth as u64))
+            .and_then(|t| t["avg_ts"].as_f64())
+            .with_context(|| format!("llama-bench printed no test with n_prompt {prompt}, n_gen {steps}, n_depth {depth}"))
+    };
+    Ok(Some(LlamaBench {
+        prefill: rate(RAW_PREFILL, 0, 0)?,
+        decode: rate(0, RAW_DECODE, 0)?,
+        decode_long: rate(0, RAW_DECODE, RAW_PREFILL)?,
+        commit: tests.first().and_then(|t| t["build_commit"].as_str()).unwrap_or("?").to_string(),
+    }))
+}
+
+/// Section 6: our monolithic model against native llama.cpp's `llama-bench`, in interleaved rounds.
+/// Writes the section and pushes its target.
+async fn raw_speed(md: &mut String, targets: &mut Vec<String>, profile: &Option<Profile>) -> Result<()> {
+    eprintln!("bench: 6/6 raw model speed and llama.cpp");
+    let rounds = std::env::var("BENCH_RAW_ROUNDS").ok().map_or(Ok(RAW_ROUNDS), |r| r.parse()).context("BENCH_RAW_ROUNDS")?;
+    anyhow::ensure!(rounds > 0, "BENCH_RAW_ROUNDS must be at least 1");
+    let long = eval_prompt(RAW_PREFILL)?;
+    let short = shared_model().tokenizer.encode("The capital of France is")?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // `generate` makes the first token from the prefill's logits, so RAW_DECODE + 1 tokens are
+    // RAW_DECODE single-token steps, as llama-bench's tg64.
+    let n = RAW_DECODE + 1;
+    // Warm up (the model's pages, the thread pools, the allocator) as llama-bench does its own.
+    monolithic(short.clone(), 8).await?;
+    // The engines take turns, a round each: this machine's speed drifts between minutes, so each
+    // ratio is taken within its round.
+    let (mut ours_long, mut ours_short, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failed = None;
+    for _ in 0..rounds {
+        ours_long.push(monolithic(long.clone(), n).await?);
+        ours_short.push(monolithic(short.clone(), n).await?);
+        if failed.is_some() {
+            continue;
+        }
+        match llama_bench(threads) {
+            Ok(Some(v)) => theirs.push(v),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("bench: llama-bench failed: {e:#}");
+                failed = Some(e);
+            }
+        }
     }
-    serde_json::from_slice(out.stdout.rsplit(|&b| b == b'\n').find(|l| !l.is_empty())?).ok()
+    let (ours, ours_s) = (median_of(&ours_long), median_of(&ours_short));
+    writeln!(md, "\n## 6. Raw model speed: ours vs native llama.cpp\n")?;
+    writeln!(
+        md,
+        "Same GGUF (SmolLM2-135M-Instruct Q4_1), {threads} threads, one process each. {rounds} rounds, each running ours and then native llama.cpp once; medians over rounds, each ratio the median of the per-round ratios.\n\n\
+         - **Ours** (the monolithic model in this process, candle 0.11 and our kernels): prefill is the first {RAW_PREFILL} tokens of the Brown news text in one forward on an empty KV cache, logits of the last position only. Decode is {RAW_DECODE} single-token greedy steps (each a forward with the last position's logits and an argmax over the vocabulary), timed together: after the {}-token prompt \"The capital of France is\" (context {}..{}), and right after the {RAW_PREFILL}-token prefill (context {RAW_PREFILL}..{}). One short warm-up generation before the first round is not counted.\n\
+         - **llama.cpp**: `llama-bench -m MODEL -t {threads} -p {RAW_PREFILL} -n {RAW_DECODE} -d 0,{RAW_PREFILL} -r 1 -o json`, built for this CPU by `scripts/install-llamacpp.sh` (C++, no Python). Its prefill (pp{RAW_PREFILL}) is {RAW_PREFILL} random tokens in one `llama_decode` on an empty KV cache, last position's logits only; its decode (tg{RAW_DECODE}) is {RAW_DECODE} single-token `llama_decode` steps of random tokens (no sampling), timed together, at depth 0 (context 0..{}) and at depth {RAW_PREFILL} (after an untimed {RAW_PREFILL}-token prefill, context {RAW_PREFILL}..{}). Each test runs once, after an untimed warm-up in the same process (the whole prefill before pp{RAW_PREFILL}, one decode step before each tg{RAW_DECODE}). llama.cpp's defaults otherwise: f16 KV cache, flash attention on (`auto` on the CPU), its repacked weight layouts where it has them.\n",
+        short.len(),
+        short.len(),
+        short.len() + RAW_DECODE,
+        RAW_PREFILL + RAW_DECODE,
+        RAW_DECODE,
+        RAW_PREFILL + RAW_DECODE,
+    )?;
+    writeln!(md, "| engine | prefill tok/s ({RAW_PREFILL} tokens) | decode tok/s, short context | decode tok/s, context {RAW_PREFILL} |\n|---|---|---|---|")?;
+    writeln!(md, "| splitinfer (candle 0.11, in process) | {:.1} | {:.1} | {:.1} |", ours.prefill, ours_s.decode, ours.decode)?;
+    if !theirs.is_empty() && theirs.len() == rounds {
+        let of = |f: fn(&LlamaBench) -> f64| median(theirs.iter().map(f).collect());
+        let source = llamacpp_source().map_or(String::new(), |s| format!(", from the {s}"));
+        writeln!(
+            md,
+            "| llama.cpp, native (`llama-bench`, commit {}{source}) | {:.1} | {:.1} | {:.1} |",
+            theirs[0].commit,
+            of(|t| t.prefill),
+            of(|t| t.decode),
+            of(|t| t.decode_long)
+        )?;
+        let per_round = |ours: &[Speed], o: fn(&Speed) -> f64, t: fn(&LlamaBench) -> f64| -> Vec<f64> { ours.iter().zip(&theirs).map(|(s, v)| o(s) / t(v)).collect() };
+        let rp_all = per_round(&ours_long, |s| s.prefill, |t| t.prefill);
+        let rs_all = per_round(&ours_short, |s| s.decode, |t| t.decode);
+        let rl_all = per_round(&ours_long, |s| s.decode, |t| t.decode_long);
+        let (rp, rs, rl) = (median(rp_all.clone()), median(rs_all.clone()), median(rl_all.clone()));
+        writeln!(md, "| ours ÷ llama.cpp (median of per-round ratios) | {rp:.2} | {rs:.2} | {rl:.2} |")?;
+        let list = |v: &[f64]| v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ");
+        writeln!(md, "\nOurs ÷ llama.cpp per round: prefill {}; decode at a short context {}; decode at context {RAW_PREFILL} {}.", list(&rp_all), list(&rs_all), list(&rl_all))?;
+        targets.push(format!(
+            "| raw decode at least as fast as native llama.cpp | {rs:.2}× at a short context, {rl:.2}× at context {RAW_PREFILL} (prefill {rp:.2}×) | {} | {} |",
+            met(rs >= 1.0 && rl >= 1.0),
+            if rs >= 1.0 && rl >= 1.0 { String::new() } else { profile::note("raw", profile) }
+        ));
+    } else {
+        let why = match &failed {
+            Some(e) => format!("`llama-bench` failed: {}", format!("{e:#}").replace('|', "/").lines().next().unwrap_or_default()),
+            None => format!("not installed here (`scripts/install-llamacpp.sh --native-only` puts `llama-bench` in {})", llamacpp_native_dir().join("bin").display()),
+        };
+        writeln!(md, "| llama.cpp, native | not measured: {why} | | |")?;
+        targets.push("| raw decode at least as fast as native llama.cpp | not measured: native llama.cpp not installed or failed | — | |".into());
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -597,6 +724,14 @@ async fn main() -> Result<()> {
         for what in ["decode", "prefill", "raw", "sessions"] {
             println!("\n{what}: {}", profile::note(what, &profile));
         }
+        return Ok(());
+    }
+
+    if std::env::var_os("BENCH_SECTION6_ONLY").is_some() {
+        // For trying the llama.cpp comparison: print section 6 and its target, write nothing.
+        raw_speed(&mut md, &mut targets, &profile).await?;
+        print!("{md}");
+        println!("\n{}", targets.join("\n"));
         return Ok(());
     }
 
@@ -800,46 +935,8 @@ async fn main() -> Result<()> {
     writeln!(md, "| reward surrogate (3→128→128→1 on candle): all 31 splits at one state | {sur_all:.0} µs |")?;
     writeln!(md, "| reward surrogate: one step of 16 training environments | {sur_batch:.0} µs |")?;
 
-    // 6. Raw model speed vs llama.cpp.
-    eprintln!("bench: 6/6 raw model speed and llama.cpp");
-    let long = eval_prompt(512)?;
-    // The same short prompt scripts/bench_llamacpp.py decodes after.
-    let short = shared_model().tokenizer.encode("The capital of France is")?;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    // The engines take turns, a round each: this machine's speed drifts between minutes, so each
-    // ratio is taken within its round.
-    let (mut ours_long, mut ours_short, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..REPEATS {
-        ours_long.push(monolithic(long.clone(), 64).await?);
-        ours_short.push(monolithic(short.clone(), 64).await?);
-        if let Some(v) = llama_cpp(threads, 1) {
-            theirs.push(v);
-        }
-    }
-    let (ours, ours_s) = (median_of(&ours_long), median_of(&ours_short));
-    writeln!(md, "\n## 6. Raw model speed: ours vs llama.cpp\n")?;
-    writeln!(md, "Same GGUF (SmolLM2-135M-Instruct Q4_1), {threads} threads; prefill of 512 tokens in one batch; 64 greedy decode tokens after a short prompt (\"The capital of France is\", context under 80) and right after the 512-token prefill (context 512..576, where attention over the KV cache weighs more). {REPEATS} rounds, each running ours and then llama.cpp once; medians over rounds, each ratio the median of the per-round ratios.\n")?;
-    writeln!(md, "| engine | prefill tok/s | decode tok/s, short context | decode tok/s, context 512 |\n|---|---|---|---|")?;
-    writeln!(md, "| splitinfer (candle 0.11, in process) | {:.1} | {:.1} | {:.1} |", ours.prefill, ours_s.decode, ours.decode)?;
-    if theirs.len() == REPEATS {
-        let get = |v: &serde_json::Value, key: &str| v[key].as_f64().unwrap_or(f64::NAN);
-        let of = |key: &str| median(theirs.iter().map(|v| get(v, key)).collect());
-        let (p, d, dl) = (of("prefill_tok_s"), of("decode_tok_s"), of("decode_long_tok_s"));
-        writeln!(md, "| llama.cpp (llama-cpp-python {}) | {p:.1} | {d:.1} | {dl:.1} |", theirs[0]["llama_cpp_python"].as_str().unwrap_or("?"))?;
-        let per_round = |ours: &[Speed], key: &str| -> Vec<f64> { ours.iter().zip(&theirs).map(|(o, v)| o.decode / get(v, key)).collect() };
-        let (rs_all, rl_all) = (per_round(&ours_short, "decode_tok_s"), per_round(&ours_long, "decode_long_tok_s"));
-        let (rs, rl) = (median(rs_all.clone()), median(rl_all.clone()));
-        let list = |v: &[f64]| v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ");
-        writeln!(md, "\nOurs ÷ llama.cpp per round, decode: short context {}; context 512 {}.", list(&rs_all), list(&rl_all))?;
-        targets.push(format!(
-            "| raw decode at least as fast as llama.cpp | {rs:.2}× at a short context, {rl:.2}× at context 512 | {} | {} |",
-            met(rs >= 1.0 && rl >= 1.0),
-            if rs >= 1.0 && rl >= 1.0 { String::new() } else { profile::note("raw", &profile) }
-        ));
-    } else {
-        writeln!(md, "| llama.cpp | not measured: not installed here (`scripts/install-llamacpp.sh`), or its run failed (see the bench's output) | | |")?;
-        targets.push("| raw decode at least as fast as llama.cpp | not measured: llama.cpp not installed or failed | — | |".into());
-    }
+    // 6. Raw model speed vs native llama.cpp.
+    raw_speed(&mut md, &mut targets, &profile).await?;
 
     // 7. Criterion's micro-benchmarks, run by scripts/bench.sh just before this.
     writeln!(md, "\n## 7. Micro-benchmarks (criterion)\n")?;

@@ -289,7 +289,7 @@ pub fn section(p: &Profile) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "\n## 8. Where the time goes (perf)\n\n`{}`. perf samples each core at 1999 Hz only while the harness (or scripts/bench_llamacpp.py) has the phase open: the prefill of a 256-token prompt, or the 255 decode steps after it; `sessions:N` is section 3's run of N concurrent UEs at k = 0 (32 tokens each), sampled whole, prefills included. The runs take turns (rounds of 2 generations of each), so a drift in the machine's speed reaches all of them alike. Figures are CPU milliseconds per token (samples ÷ 1999 Hz ÷ tokens), so on 2 cores they can add up to twice the wall time; \"cores busy\" is CPU over wall time. Groups match function names (profile.rs, `GROUPS`); spinning thread pools count as busy.\n",
+        "\n## 8. Where the time goes (perf)\n\n`{}`. perf samples each core at 1999 Hz only while the harness (or scripts/bench_llamacpp.py: llama.cpp through its Python binding) has the phase open: the prefill of a 256-token prompt, or the 255 decode steps after it; `sessions:N` is section 3's run of N concurrent UEs at k = 0 (32 tokens each), sampled whole, prefills included. The runs take turns (rounds of 2 generations of each), so a drift in the machine's speed reaches all of them alike. Figures are CPU milliseconds per token (samples ÷ 1999 Hz ÷ tokens), so on 2 cores they can add up to twice the wall time; \"cores busy\" is CPU over wall time. Groups match function names (profile.rs, `GROUPS`); spinning thread pools count as busy.\n",
         p.source
     );
     for phase in ["decode", "prefill"] {
