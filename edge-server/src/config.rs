@@ -35,11 +35,18 @@ pub struct EdgeConfig {
     /// otherwise RESOURCE_EXHAUSTED says how much is committed.
     #[arg(long, env = "EDGE_KV_BUDGET_MIB", default_value_t = crate::worker::DEFAULT_KV_BUDGET_MIB)]
     pub kv_budget_mib: u64,
-    /// Rows of a prefill computed together. Prefills advance one layer of one chunk at a time
-    /// between other sessions' decode steps, so a long prompt does not stall them; a message of
-    /// more rows is computed in chunks of this many (deterministically, whatever the load).
+    /// Rows of a prefill computed together. Prefills advance a piece of one layer of one chunk at
+    /// a time (projections, one attention head, or the MLP) between other sessions' decode steps,
+    /// so a long prompt does not stall them; a message of more rows is computed in chunks of this
+    /// many (deterministically, whatever the load).
     #[arg(long, env = "EDGE_PREFILL_CHUNK_ROWS", default_value_t = crate::worker::PREFILL_CHUNK_ROWS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=65536))]
     pub prefill_chunk_rows: usize,
+    /// While a prefill is in progress and other sessions' steps are waiting too, the share of the
+    /// model worker's time the prefill gets (0 ≤ share ≤ 0.95). 0.5: a long prompt and the
+    /// sessions streaming beside it split the worker evenly. Lower favours the others' per-token
+    /// latency; 0 gives the prefill only the gaps between their steps.
+    #[arg(long, env = "EDGE_PREFILL_SHARE", default_value_t = crate::worker::DEFAULT_PREFILL_SHARE, value_parser = parse_share)]
+    pub prefill_share: f64,
     /// After SIGTERM/SIGINT, open sessions are ended and the server waits this long for them.
     #[arg(long, env = "EDGE_GRACE_PERIOD_MS", default_value_t = 5_000)]
     pub grace_period_ms: u64,
@@ -83,6 +90,7 @@ impl EdgeConfig {
             max_message_bytes: 64 << 20,
             max_sessions: 256,
             prefill_chunk_rows: crate::worker::PREFILL_CHUNK_ROWS,
+            prefill_share: crate::worker::DEFAULT_PREFILL_SHARE,
             kv_budget_mib: crate::worker::DEFAULT_KV_BUDGET_MIB,
             grace_period_ms: 5_000,
             agent: None,
@@ -105,5 +113,15 @@ impl EdgeConfig {
 
     pub fn grace_period(&self) -> Duration {
         Duration::from_millis(self.grace_period_ms)
+    }
+}
+
+/// `--prefill-share`: a number in `0..=MAX_PREFILL_SHARE`.
+fn parse_share(s: &str) -> Result<f64, String> {
+    let max = crate::worker::MAX_PREFILL_SHARE;
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=max).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("{v} is not a share in 0..={max}")),
+        Err(e) => Err(format!("{s:?} is not a number: {e}")),
     }
 }

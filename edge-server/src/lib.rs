@@ -72,6 +72,7 @@ pub async fn run_with_metrics(
             max_batch: worker::MAX_DRAIN,
             calibration,
             prefill_chunk_rows: config.prefill_chunk_rows,
+            prefill_share: config.prefill_share,
             kv_budget_mib: config.kv_budget_mib,
         },
     )?;

@@ -160,12 +160,15 @@ pub struct Progress {
 pub const MAX_DRAIN: usize = 32;
 
 /// Rows of a prefill computed together, by default: a prefill message with more rows is computed
-/// in chunks of this many, one layer at a time between other sessions' work. Deterministic (it
-/// does not depend on the load), so a prompt of more rows rounds like a UE that sent such chunks.
-/// 32, not 64: one layer of a 64-row chunk late in a 4,096-row prompt costs about two solo decode
-/// steps, which is what another UE waits behind (docs/survive.md, "One long prompt cannot starve
-/// the others").
+/// in chunks of this many, a unit (a piece of one layer) at a time between other sessions' work.
+/// Deterministic (it does not depend on the load), so a prompt of more rows rounds like a UE that
+/// sent such chunks (docs/survive.md, "One long prompt cannot starve the others").
 pub const PREFILL_CHUNK_ROWS: usize = 32;
+
+/// The share of the worker's time prefills in progress get, by default, while other sessions'
+/// jobs are waiting: half, the prefills as one party and everything else as the other. See
+/// [`WorkerOptions::prefill_share`].
+pub const DEFAULT_PREFILL_SHARE: f64 = 0.5;
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -178,6 +181,13 @@ pub struct WorkerOptions {
     pub calibration: Option<Arc<Calibration>>,
     /// See [`PREFILL_CHUNK_ROWS`].
     pub prefill_chunk_rows: usize,
+    /// While a prefill is in progress, the share of the worker's busy time it gets when other
+    /// jobs are waiting too (0 ≤ share < 1). Each round of other jobs earns the prefills
+    /// `share / (1 − share)` of its time, which they spend on units before the next round, jobs
+    /// waiting or not; without a job waiting they run anyway. 0: prefills run only while nothing
+    /// else waits. Other sessions' steps then wait at most one unit, but a prompt arriving while
+    /// another session streams gets only the gaps between its steps.
+    pub prefill_share: f64,
     /// The KV cache all open sessions may grow to, together, in MiB: a session is admitted only
     /// if its prompt and `max_new_tokens` fit in every layer beside the others'.
     pub kv_budget_mib: u64,
@@ -188,7 +198,42 @@ pub const DEFAULT_KV_BUDGET_MIB: u64 = 8192;
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self { max_sessions: 256, max_batch: MAX_DRAIN, calibration: None, prefill_chunk_rows: PREFILL_CHUNK_ROWS, kv_budget_mib: DEFAULT_KV_BUDGET_MIB }
+        Self {
+            max_sessions: 256,
+            max_batch: MAX_DRAIN,
+            calibration: None,
+            prefill_chunk_rows: PREFILL_CHUNK_ROWS,
+            prefill_share: DEFAULT_PREFILL_SHARE,
+            kv_budget_mib: DEFAULT_KV_BUDGET_MIB,
+        }
+    }
+}
+
+/// The largest [`WorkerOptions::prefill_share`]: at 1 other sessions would wait forever.
+pub const MAX_PREFILL_SHARE: f64 = 0.95;
+
+/// The time prefills may still take before the worker serves waiting jobs again.
+struct PrefillCredit {
+    /// Earned per unit of time spent on other jobs: `share / (1 − share)`.
+    ratio: f64,
+    left: Duration,
+}
+
+impl PrefillCredit {
+    fn new(ratio: f64) -> Self {
+        Self { ratio, left: Duration::ZERO }
+    }
+
+    /// A round of other jobs took `busy`. Its earning replaces what was left, so credit does not
+    /// pile up into a long exclusive run later.
+    fn earn(&mut self, busy: Duration) {
+        self.left = busy.mul_f64(self.ratio);
+    }
+
+    /// A unit took `took`; `true` while credit is left (the next unit runs before any job).
+    fn spend(&mut self, took: Duration) -> bool {
+        self.left = self.left.saturating_sub(took);
+        !self.left.is_zero()
     }
 }
 
@@ -252,8 +297,11 @@ impl Worker {
             state.prefill_chunk = options.prefill_chunk_rows.max(1);
             state.kv_budget = options.kv_budget_mib.saturating_mul(1 << 20);
             // Ends when every handle is dropped. While prefills are in progress the queue is only
-            // polled: one layer of one prefill chunk runs between rounds, so a long prompt does
-            // not stall other sessions' decode steps.
+            // polled: prefill units run between rounds, so a long prompt does not stall other
+            // sessions' decode steps, and as many as its share of the time has earned, so they do
+            // not starve it either.
+            let share = options.prefill_share.clamp(0.0, MAX_PREFILL_SHARE);
+            let mut credit = PrefillCredit::new(share / (1.0 - share));
             loop {
                 let first = if state.prefilling() {
                     match rx.try_recv() {
@@ -269,9 +317,24 @@ impl Worker {
                 };
                 if let Some(job) = first {
                     let jobs: Vec<Job> = std::iter::once(job).chain(rx.try_iter().take(take)).collect();
+                    let started = Instant::now();
+                    let prefilling = state.prefilling();
                     state.handle_all(jobs);
+                    if prefilling {
+                        credit.earn(started.elapsed());
+                    }
                 }
-                state.prefill_unit();
+                loop {
+                    if !state.prefilling() {
+                        credit = PrefillCredit::new(credit.ratio);
+                        break;
+                    }
+                    let started = Instant::now();
+                    state.prefill_unit();
+                    if !credit.spend(started.elapsed()) {
+                        break;
+                    }
+                }
             }
         })?;
         Ok(Self { tx })
@@ -363,7 +426,7 @@ struct State {
     sessions: HashMap<SessionId, Session>,
     /// Recently expired ids, so a late resume hears "expired" rather than "unknown".
     expired: VecDeque<SessionId>,
-    /// Prefill steps in progress, served a layer at a time in turn.
+    /// Prefill steps in progress, served a unit (a piece of a layer) at a time in turn.
     prefills: VecDeque<prefill::Prefill>,
     prefill_chunk: usize,
     /// What the open sessions' caches may grow to, together (see `open`).

@@ -28,7 +28,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::{KvCache, LayerKv};
 pub use q4_1::PackedQ4_1;
-use layer::{DecoderLayer, Linear, RmsNorm};
+use layer::{Attention, ChunkAttention, DecoderLayer, Linear, RmsNorm};
 use rope::RopeTable;
 
 use crate::adapter::Adapter;
@@ -76,9 +76,22 @@ pub struct SplitModel {
 pub struct LayerRun {
     x: Tensor,
     next: usize,
+    /// Where layer `next` is.
+    stage: Stage,
     end: usize,
     rows: usize,
     done: bool,
+}
+
+/// The pieces of one layer that [`SplitModel::run_next_block`] runs one at a time.
+#[derive(Debug)]
+enum Stage {
+    /// Next: the norm, projections, rope and cache append (and, for one row, its attention).
+    Start,
+    /// Next: one query head of the chunk's attention; after the last, the output projection.
+    Heads(ChunkAttention),
+    /// Next: the MLP block.
+    Mlp,
 }
 
 impl LayerRun {
@@ -244,7 +257,7 @@ impl SplitModel {
     pub fn start_layers(&self, hidden: &Tensor, cache: &KvCache) -> Result<LayerRun> {
         let rows = self.check_run(hidden, cache)?;
         let range = cache.range();
-        Ok(LayerRun { x: hidden.clone(), next: range.start, end: range.end, rows, done: false })
+        Ok(LayerRun { x: hidden.clone(), next: range.start, stage: Stage::Start, end: range.end, rows, done: false })
     }
 
     /// What running `cache.range()` on `hidden` needs: the range, the shape, the context room.
@@ -264,12 +277,49 @@ impl SplitModel {
     /// [`LayerRun::output`]. The same operations on the same shapes as `run_layers`, so the
     /// result is bit-identical.
     pub fn run_next_layer(&self, run: &mut LayerRun, cache: &mut KvCache) -> Result<bool> {
+        loop {
+            let was = run.next;
+            let done = self.run_next_block(run, cache)?;
+            if done || run.next > was {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Runs the next piece of a layer of `run`: its projections with the cache append, one query
+    /// head of its attention (the last with the output projection), or its MLP block. Otherwise
+    /// as [`SplitModel::run_next_layer`], and bit-identical to it: a layer is exactly these
+    /// pieces one after the other. Late in a long prompt one layer of a 32-row chunk takes tens
+    /// of milliseconds, nearly all of it attention; a piece takes a few, which is what a
+    /// scheduler interleaving other sessions' steps holds them up for.
+    pub fn run_next_block(&self, run: &mut LayerRun, cache: &mut KvCache) -> Result<bool> {
         if run.done {
             return Ok(true);
         }
         if run.next < run.end {
-            run.x = self.layers[run.next].forward(&run.x, &self.config, &self.rope, cache)?;
-            run.next += 1;
+            let layer = &self.layers[run.next];
+            run.stage = match std::mem::replace(&mut run.stage, Stage::Start) {
+                Stage::Start => match layer.begin_attention(&run.x, &self.config, &self.rope, cache)? {
+                    Attention::Done(x) => {
+                        run.x = x;
+                        Stage::Mlp
+                    }
+                    Attention::Heads(chunk) => Stage::Heads(chunk),
+                },
+                Stage::Heads(mut chunk) => {
+                    if chunk.attend_next_head()? {
+                        run.x = layer.end_attention(&run.x, chunk)?;
+                        Stage::Mlp
+                    } else {
+                        Stage::Heads(chunk)
+                    }
+                }
+                Stage::Mlp => {
+                    run.x = layer.mlp_block(&run.x)?;
+                    run.next += 1;
+                    Stage::Start
+                }
+            };
         }
         if run.next == run.end {
             cache.advance(run.rows)?;

@@ -1,8 +1,8 @@
-//! One UE's long prompt does not starve the others: with the real edge binary, a 4,096-row
-//! prefill arrives while another UE decodes, and that UE's p95 per-token latency stays within 5×
-//! its solo figure (the 3× is met in most runs, not all: 2.0–3.45× with the edge's default
-//! 32-row chunks, docs/survive.md); the edge's peak memory grows by the prompt's caches, not by a
-//! 4,096² attention.
+//! One UE's long prompt does not starve the others, nor they it: with the real edge binary, a
+//! 4,096-row prefill arrives while another UE decodes; that UE's p95 per-token latency stays
+//! within 3× its solo figure, the prefill gets at least 40% of the edge's time meanwhile (its
+//! share is the default 0.5), and the edge's peak memory grows by the prompt's caches, not by a
+//! 4,096² attention (docs/survive.md, "One long prompt cannot starve the others").
 //!
 //! The UE and the edge share this machine's cores, so both run with the shared-machine setting
 //! docs/performance.md's "Thread settings" and the compose testbed use (`CANDLE_BARRIER_POOL_SPIN_LIMIT`
@@ -64,24 +64,49 @@ impl Edge {
     }
 }
 
+/// Where one decode token's time went, in ms, as the UE's report splits it: its own compute, the
+/// wait in the edge's queue, the edge's compute, and the rest (network and the UE's runtime).
+#[derive(Clone, Copy, Default)]
+struct Parts([f64; 4]);
+
 /// Decode latencies (ms, the time between consecutive tokens after the first) of one generation,
-/// each with when it ended.
-async fn decode_latencies(url: &str) -> Vec<(Instant, f64)> {
+/// each with when it ended and its parts.
+async fn decode_latencies(url: &str) -> Vec<(Instant, f64, Parts)> {
     let mut req = greedy_request("The history of the old harbour town begins with the fishermen who", 2, DECODE_TOKENS);
     req.ignore_eos = true;
     let mut client = ue_client::connect(url, 64 << 20, Duration::from_secs(5)).await.unwrap();
     let mut last: Option<Instant> = None;
     let mut out = Vec::new();
-    ue_client::generate(&mut client, shared_model(), req, |_| {
+    ue_client::generate(&mut client, shared_model(), req, |t| {
         let now = Instant::now();
         if let Some(l) = last {
-            out.push((now, (now - l).as_secs_f64() * 1e3));
+            let ms = |us: u64| us as f64 / 1e3;
+            out.push((now, (now - l).as_secs_f64() * 1e3, Parts([ms(t.ue_compute_us), ms(t.edge_queue_us), ms(t.edge_compute_us), ms(t.network_us)])));
         }
         last = Some(now);
     })
     .await
     .unwrap();
     out
+}
+
+/// The mean parts of all tokens and of the slowest tenth, for the log: where the tail comes from.
+fn breakdown(tokens: &[(f64, Parts)]) -> String {
+    let mean = |v: &[&(f64, Parts)]| {
+        let n = v.len().max(1) as f64;
+        let mut m = [0.0; 5];
+        for (ms, p) in v {
+            m[0] += ms / n;
+            for i in 0..4 {
+                m[i + 1] += p.0[i] / n;
+            }
+        }
+        format!("{:.1} ms (UE {:.1}, edge queue {:.1}, edge compute {:.1}, network {:.1})", m[0], m[1], m[2], m[3], m[4])
+    };
+    let mut sorted: Vec<&(f64, Parts)> = tokens.iter().collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let tail = &sorted[sorted.len() * 9 / 10..];
+    format!("mean {}; slowest tenth {}", mean(&sorted), mean(tail))
 }
 
 fn p95(mut v: Vec<f64>) -> f64 {
@@ -107,9 +132,9 @@ async fn prefill_while_another_decodes() {
     decode_latencies(&url).await;
     let mut solo = Vec::new();
     for _ in 0..2 {
-        solo.extend(decode_latencies(&url).await.into_iter().map(|(_, ms)| ms));
+        solo.extend(decode_latencies(&url).await.into_iter().map(|(_, ms, parts)| (ms, parts)));
     }
-    let solo_p95 = p95(solo.clone());
+    let solo_p95 = p95(solo.iter().map(|t| t.0).collect());
 
     // The long prompt: real text, embedded at k = 0 so the edge runs all 30 layers on it.
     let model = shared_model();
@@ -135,9 +160,9 @@ async fn prefill_while_another_decodes() {
     }
     let (started, ended, tokens) = prefill.await.unwrap();
     assert_eq!(tokens, 1);
-    let window: Vec<f64> = during.iter().filter(|(t, _)| *t > started && *t <= ended).map(|&(_, ms)| ms).collect();
+    let window: Vec<(f64, Parts)> = during.iter().filter(|(t, ..)| *t > started && *t <= ended).map(|&(_, ms, parts)| (ms, parts)).collect();
     let prefill_s = (ended - started).as_secs_f64();
-    let contended_p95 = p95(window.clone());
+    let contended_p95 = p95(window.iter().map(|t| t.0).collect());
     let growth = edge.peak_mib() - peak_before;
     eprintln!(
         "fairness: solo p95 {solo_p95:.1} ms over {} tokens; during the {LONG_ROWS}-row prefill ({prefill_s:.1} s) p95 {contended_p95:.1} ms over {} tokens ({:.2}x); edge peak memory +{growth:.0} MiB",
@@ -145,13 +170,16 @@ async fn prefill_while_another_decodes() {
         window.len(),
         contended_p95 / solo_p95
     );
+    eprintln!("fairness: solo {}", breakdown(&solo));
+    eprintln!("fairness: during the prefill {}", breakdown(&window));
     assert!(window.len() >= 50, "too few tokens decoded during the prefill to judge: {}", window.len());
-    // The target is 3x. With 32-row chunks the p95 during the prefill is a steady 27-33 ms,
-    // but the solo p95 it is divided by swings between 9.6 and 15.8 ms on this shared machine, so
-    // the ratio ran 2.01-3.45x over nine runs (docs/survive.md): not reliably within 3x. What this
-    // asserts is no starvation: before, the other UE waited out the whole prefill (33 s for a 0.3 s
-    // generation), about 100x.
-    assert!(contended_p95 <= 5.0 * solo_p95, "p95 {contended_p95:.1} ms during the prefill against {solo_p95:.1} ms solo");
+    assert!(contended_p95 <= 3.0 * solo_p95, "p95 {contended_p95:.1} ms during the prefill against {solo_p95:.1} ms solo");
+    // Nor is the prompt starved: whatever of the window the edge did not spend on this UE's steps
+    // went to the prefill (or stood idle), and its share (0.5) keeps that at about half or more.
+    let decode_busy_s: f64 = window.iter().map(|(_, p)| p.0[2]).sum::<f64>() / 1e3;
+    let prefill_got = 1.0 - decode_busy_s / prefill_s;
+    eprintln!("fairness: the other UE's steps took {decode_busy_s:.1} s of the edge's {prefill_s:.1} s; the prefill got {:.0}%", prefill_got * 100.0);
+    assert!(prefill_got >= 0.4, "the prefill got {:.0}% of the edge's time while the other UE decoded", prefill_got * 100.0);
     // Its caches are 4,096 rows x 30 layers x 2 x 3 heads x 64 x 4 B = 188 MB; a whole-prompt
     // attention would add 9 heads x 4,096^2 x 4 B = 600 MB per score matrix on top.
     assert!(growth < 700.0, "the edge's peak memory grew by {growth:.0} MiB for one prompt");

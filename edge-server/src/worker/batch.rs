@@ -337,11 +337,17 @@ mod tests {
             assert_eq!(reply(rx).unwrap().unwrap().batch, 3);
         }
         assert!(rx_prefill.try_recv().is_err(), "the prefill runs between rounds, not in this one");
-        assert_eq!(settle(&mut state), 30, "one unit per layer: 30 layers at k = 0, one chunk");
+        assert_eq!(settle(&mut state), 30 * units_per_layer(prompt.len()), "30 layers at k = 0, one chunk");
         assert_eq!(rx_prefill.try_recv().unwrap().unwrap().unwrap().position, prompt.len());
     }
 
-    /// A prefill of more rows than a chunk runs in chunks, a layer at a time, with other
+    /// The units one layer of a chunk of `rows` takes: the projections, one per query head (the
+    /// last with the output projection) and the MLP; a single row's attention runs whole.
+    fn units_per_layer(rows: usize) -> usize {
+        if rows == 1 { 2 } else { shared_model().model.config().n_heads + 2 }
+    }
+
+    /// A prefill of more rows than a chunk runs in chunks, a unit at a time, with other
     /// sessions' steps answered in between, and gives the bits of running those chunks whole.
     #[test]
     fn a_long_prefill_runs_in_chunks_between_other_steps_and_equals_running_them_whole() {
@@ -384,7 +390,8 @@ mod tests {
                 answered_between += 1;
             }
         }
-        assert_eq!(units, prompt.len().div_ceil(16) * (30 - k), "a unit is one layer of one chunk");
+        let chunks = (0..prompt.len()).step_by(16).map(|start| 16.min(prompt.len() - start));
+        assert_eq!(units, chunks.map(units_per_layer).sum::<usize>() * (30 - k), "a unit is a piece of one layer of one chunk");
         assert!(answered_between >= 5, "the other session stepped while the prefill ran");
         let got = rx.try_recv().unwrap().unwrap().unwrap();
         assert_eq!((got.position, got.id, got.logprob.to_bits()), (prompt.len(), want.id, want.logprob.to_bits()));

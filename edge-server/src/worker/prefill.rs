@@ -1,7 +1,9 @@
 //! Prefill steps interleaved with everything else: a checked prefill waits in
-//! [`State::prefills`] and advances one layer of one chunk of [`State::prefill_chunk`] rows per
-//! turn of the worker loop, so a 4,096-row prompt costs other sessions at most one such unit of
-//! waiting per decode step instead of the whole prompt. Prefills take turns, round robin.
+//! [`State::prefills`] and advances one piece of one layer of one chunk of
+//! [`State::prefill_chunk`] rows per turn of the worker loop (the projections, one query head of
+//! the attention, or the MLP: [`split_core::model::SplitModel::run_next_block`]), so a 4,096-row
+//! prompt costs other sessions at most one such unit of waiting per decode step instead of the
+//! whole prompt. Prefills take turns, round robin.
 //!
 //! Any other job of a session whose prefill is in progress first completes that prefill (a
 //! close drops it instead), so each session still sees its jobs in arrival order.
@@ -62,7 +64,7 @@ impl State {
         self.prefills.iter().any(|p| &p.session == id)
     }
 
-    /// One layer of the oldest prefill's current chunk; the prefill then goes to the back.
+    /// One unit of the oldest prefill's current chunk; the prefill then goes to the back.
     pub(super) fn prefill_unit(&mut self) {
         let Some(mut p) = self.prefills.pop_front() else { return };
         match self.advance(&mut p) {
@@ -96,7 +98,7 @@ impl State {
         let _ = p.reply.send(out);
     }
 
-    /// One layer of `p`'s current chunk; `Some` with the step's outcome once its last row is in.
+    /// One unit of `p`'s current chunk; `Some` with the step's outcome once its last row is in.
     fn advance(&mut self, p: &mut Prefill) -> Result<Option<Option<TokenOut>>, EdgeError> {
         let model = &self.model.model;
         let missing = self.missing(&p.session);
@@ -107,7 +109,7 @@ impl State {
             p.run = Some(model.start_layers(&p.x.narrow(1, p.done, n)?, &sess.cache)?);
         }
         let Some(run) = p.run.as_mut() else { unreachable!("started above") };
-        if !model.run_next_layer(run, &mut sess.cache)? {
+        if !model.run_next_block(run, &mut sess.cache)? {
             return Ok(None);
         }
         p.done += run.rows();

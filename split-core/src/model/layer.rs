@@ -157,10 +157,59 @@ impl DecoderLayer {
     /// Runs the block on `x` (`[1, seq, hidden]`) whose first row is at `cache.position()`,
     /// appending this layer's keys and values to `cache`.
     pub fn forward(&self, x: &Tensor, cfg: &ModelConfig, rope: &RopeTable, cache: &mut KvCache) -> Result<Tensor> {
+        self.mlp_block(&self.attention_block(x, cfg, rope, cache)?)
+    }
+
+    /// The first half of [`DecoderLayer::forward`]: `x` plus its attention, appending this
+    /// layer's keys and values to `cache`. A chunk of several rows goes through
+    /// [`DecoderLayer::begin_attention`], its heads and [`DecoderLayer::end_attention`], the
+    /// same code a scheduler runs a piece at a time, so both give the same bits.
+    pub fn attention_block(&self, x: &Tensor, cfg: &ModelConfig, rope: &RopeTable, cache: &mut KvCache) -> Result<Tensor> {
+        match self.begin_attention(x, cfg, rope, cache)? {
+            Attention::Done(x) => Ok(x),
+            Attention::Heads(mut chunk) => {
+                while !chunk.attend_next_head()? {}
+                self.end_attention(x, chunk)
+            }
+        }
+    }
+
+    /// The start of [`DecoderLayer::attention_block`]: the norm, the projections, rope and the
+    /// cache append. One row (a decode step) is cheap and finishes here; a chunk of rows leaves
+    /// its heads to [`ChunkAttention::attend_next_head`], one call per query head.
+    pub fn begin_attention(&self, x: &Tensor, cfg: &ModelConfig, rope: &RopeTable, cache: &mut KvCache) -> Result<Attention> {
         let h = self.attn_norm.forward(x)?;
-        let attn = self.attention(&h, cfg, rope, cache)?;
-        let x = (x + attn)?;
-        let h = self.ffn_norm.forward(&x)?;
+        let (q, k, v) = (self.q.forward(&h)?, self.k.forward(&h)?, self.v.forward(&h)?);
+        let (b, seq, _) = q.dims3()?;
+        if b != 1 {
+            return Err(candle_core::Error::Msg(format!("attention of {b} sequences at once; the model takes one")).into());
+        }
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let position = cache.position();
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((b, seq, n, hd))?.transpose(1, 2)?) };
+        let q = rope.apply(&heads(q, nh)?, position)?;
+        let k = rope.apply(&heads(k, nkv)?, position)?;
+        let v = heads(v, nkv)?.contiguous()?;
+        let kv = cache.append(self.index, k, v)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        if seq == 1 {
+            let y = attend_one(&q, &kv, nh / nkv, scale)?;
+            return Ok(Attention::Done((x + self.o.forward(&y)?)?));
+        }
+        let mask = causal_mask(seq, position, q.device())?;
+        Ok(Attention::Heads(ChunkAttention { out: Vec::with_capacity(nh * seq * hd), q, kv, mask, scale, n_rep: nh / nkv, seq, next_head: 0 }))
+    }
+
+    /// The end of [`DecoderLayer::attention_block`] once every head of `chunk` has run: the
+    /// output projection, added to `x`.
+    pub fn end_attention(&self, x: &Tensor, chunk: ChunkAttention) -> Result<Tensor> {
+        let y = chunk.output()?;
+        Ok((x + self.o.forward(&y)?)?)
+    }
+
+    /// The second half of [`DecoderLayer::forward`]: `x` plus its MLP.
+    pub fn mlp_block(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.ffn_norm.forward(x)?;
         let mlp = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?)?;
         Ok((x + mlp)?)
     }
@@ -185,42 +234,85 @@ impl DecoderLayer {
         Ok((x + mlp)?)
     }
 
-    fn attention(&self, x: &Tensor, cfg: &ModelConfig, rope: &RopeTable, cache: &mut KvCache) -> Result<Tensor> {
-        let y = self.attend(self.q.forward(x)?, self.k.forward(x)?, self.v.forward(x)?, cfg, rope, cache)?;
-        self.o.forward(&y)
-    }
-
-    /// Rope, cache append and attention of one session, from its projections `q`, `k`, `v`
-    /// (`[1, seq, heads · head_dim]`) to the input of the output projection.
+    /// Rope, cache append and attention of one session's decode row, from its projections `q`,
+    /// `k`, `v` (`[1, 1, heads · head_dim]`) to the input of the output projection.
     fn attend(&self, q: Tensor, k: Tensor, v: Tensor, cfg: &ModelConfig, rope: &RopeTable, cache: &mut KvCache) -> Result<Tensor> {
         let (b, seq, _) = q.dims3()?;
+        if (b, seq) != (1, 1) {
+            return Err(candle_core::Error::Msg(format!("a batched decode row of shape {:?}", q.dims())).into());
+        }
         let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
         let position = cache.position();
-
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((b, seq, n, hd))?.transpose(1, 2)?) };
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((1, 1, n, hd))?.transpose(1, 2)?) };
         let q = rope.apply(&heads(q, nh)?, position)?;
         let k = rope.apply(&heads(k, nkv)?, position)?;
         let v = heads(v, nkv)?.contiguous()?;
         let kv = cache.append(self.index, k, v)?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        if seq == 1 && b == 1 {
-            return attend_one(&q, &kv, nh / nkv, scale);
-        }
+        attend_one(&q, &kv, nh / nkv, 1.0 / (hd as f64).sqrt())
+    }
+}
 
-        // Grouped-query attention: each kv head serves `n_rep` consecutive query heads. K/V are
-        // repeated to one per query head, the same matmul shapes as candle-transformers' llama.
-        // That is deliberate: the Q4_1 kernel rounds activations to 8 bits, so a one-ulp change
-        // from a different matmul shape can flip a rounding and grow through 30 layers to ~2% of
-        // the logits. With the same shapes our quantized path equals that independent
-        // implementation bit for bit, which the reference test asserts.
-        let n_rep = nh / nkv;
-        let k = repeat_kv(&kv.k, n_rep)?;
-        let v = repeat_kv(&kv.v, n_rep)?;
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = if seq > 1 { scores.broadcast_add(&causal_mask(seq, position, q.device())?)? } else { scores };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?;
-        Ok(y.transpose(1, 2)?.reshape((b, seq, nh * hd))?)
+/// Where [`DecoderLayer::begin_attention`] left a layer's attention.
+#[derive(Debug)]
+pub(crate) enum Attention {
+    /// One row: `x` plus its attention, done.
+    Done(Tensor),
+    /// A chunk of rows whose heads are still to run.
+    Heads(ChunkAttention),
+}
+
+/// The attention of a chunk of rows after the projections, rope and cache append: its query
+/// heads run one at a time, each a few milliseconds late in a long prompt, where the whole
+/// layer's attention took tens (docs/survive.md).
+///
+/// Grouped-query attention: query head `h` reads kv head `h / n_rep` of the cache directly. The
+/// products are `gemm` calls with exactly the arguments candle's batched matmul gives them on
+/// K and V repeated to one per query head (as candle-transformers' llama does), so the bits are
+/// that implementation's. That is deliberate: the Q4_1 kernel rounds activations to 8 bits, so a
+/// one-ulp change from another product shape can flip a rounding and grow through 30 layers to
+/// ~2% of the logits; the reference test asserts the equality. The scale, mask and softmax are
+/// candle's ops, per element and per row, the same on one head as on all of them.
+#[derive(Debug)]
+pub(crate) struct ChunkAttention {
+    /// `[1, heads, seq, head_dim]`, roped.
+    q: Tensor,
+    kv: LayerKv,
+    /// `[seq, position + seq]`.
+    mask: Tensor,
+    scale: f64,
+    n_rep: usize,
+    seq: usize,
+    next_head: usize,
+    /// The heads done so far, each `seq · head_dim`, in head order.
+    out: Vec<f32>,
+}
+
+impl ChunkAttention {
+    /// Runs the next query head; `true` once every head has run.
+    pub fn attend_next_head(&mut self) -> Result<bool> {
+        let (_, heads, _, dim) = self.q.dims4()?;
+        if self.next_head < heads {
+            let h = self.next_head;
+            let t = self.kv.k.dim(2)?;
+            let scores = per_head_gemm(&self.q, &self.kv.k, self.n_rep, true, t, h..h + 1)?;
+            let scores = (Tensor::from_vec(scores, (1, 1, self.seq, t), self.q.device())? * self.scale)?.broadcast_add(&self.mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            // `probs` is head 0 of its own tensor; it reads kv head `h / n_rep`.
+            let kv_head = self.kv.v.narrow(1, h / self.n_rep, 1)?;
+            self.out.extend(per_head_gemm(&probs, &kv_head, 1, false, dim, 0..1)?);
+            self.next_head += 1;
+        }
+        Ok(self.next_head == heads)
+    }
+
+    /// `[1, seq, heads · head_dim]`, the input of the output projection.
+    fn output(self) -> Result<Tensor> {
+        let (_, heads, seq, dim) = self.q.dims4()?;
+        if self.next_head != heads {
+            return Err(candle_core::Error::Msg(format!("attention ended after {} of {heads} heads", self.next_head)).into());
+        }
+        let y = Tensor::from_vec(self.out, (1, heads, seq, dim), self.q.device())?;
+        Ok(y.transpose(1, 2)?.reshape((1, seq, heads * dim))?)
     }
 }
 
@@ -235,27 +327,29 @@ impl DecoderLayer {
 fn attend_one(q: &Tensor, kv: &LayerKv, n_rep: usize, scale: f64) -> Result<Tensor> {
     let (_, heads, _, dim) = q.dims4()?;
     let t = kv.k.dim(2)?;
-    let scores = Tensor::from_vec(per_head_gemv(q, &kv.k, n_rep, true, t)?, (1, heads, 1, t), q.device())?;
+    let scores = Tensor::from_vec(per_head_gemm(q, &kv.k, n_rep, true, t, 0..heads)?, (1, heads, 1, t), q.device())?;
     let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?)?;
-    let y = per_head_gemv(&probs, &kv.v, n_rep, false, dim)?;
+    let y = per_head_gemm(&probs, &kv.v, n_rep, false, dim, 0..heads)?;
     Ok(Tensor::from_vec(y, (1, 1, heads * dim), q.device())?)
 }
 
-/// For each head `h` of `lhs` (`[1, heads, 1, inner]`), its row times kv head `h / n_rep` of `kv`
-/// (`[1, kv_heads, t, d]`), transposed (`lhs · kvᵀ`, `n` = t) or not (`lhs · kv`, `n` = d): the
-/// `n` outputs of every head, one after another.
+/// For each head `h` in `heads` of `lhs` (`[1, heads, rows, inner]`), its rows times kv head
+/// `h / n_rep` of `kv` (`[1, kv_heads, t, d]`), transposed (`lhs · kvᵀ`, `n` = t) or not (`lhs ·
+/// kv`, `n` = d): the `rows · n` outputs of every head, one after another, each head's row-major.
+/// Each head is one `gemm` call with the arguments candle's batched matmul passes for that batch
+/// entry (see [`ChunkAttention`]).
 #[allow(unsafe_code)]
-fn per_head_gemv(lhs: &Tensor, kv: &Tensor, n_rep: usize, transposed: bool, n: usize) -> Result<Vec<f32>> {
-    let (_, heads, rows, inner) = lhs.dims4()?;
+fn per_head_gemm(lhs: &Tensor, kv: &Tensor, n_rep: usize, transposed: bool, n: usize, heads: std::ops::Range<usize>) -> Result<Vec<f32>> {
+    let (_, lhs_heads, rows, inner) = lhs.dims4()?;
     let (_, kv_heads, t, d) = kv.dims4()?;
     let expected_inner = if transposed { d } else { t };
-    if rows != 1 || inner != expected_inner || heads != kv_heads * n_rep || n != if transposed { t } else { d } {
-        return Err(candle_core::Error::Msg(format!("decode attention: lhs {:?} against kv {:?}", lhs.dims(), kv.dims())).into());
+    if inner != expected_inner || lhs_heads != kv_heads * n_rep || n != if transposed { t } else { d } || heads.end > lhs_heads || heads.start > heads.end {
+        return Err(candle_core::Error::Msg(format!("attention: heads {heads:?} of lhs {:?} against kv {:?}", lhs.dims(), kv.dims())).into());
     }
     let (lhs_storage, lhs_layout) = lhs.storage_and_layout();
     let (kv_storage, kv_layout) = kv.storage_and_layout();
     let (Storage::Cpu(lhs_cpu), Storage::Cpu(kv_cpu)) = (&*lhs_storage, &*kv_storage) else {
-        return Err(candle_core::Error::Msg("decode attention runs on the cpu only".into()).into());
+        return Err(candle_core::Error::Msg("attention runs on the cpu only".into()).into());
     };
     let (lhs_data, kv_data) = (lhs_cpu.as_slice::<f32>()?, kv_cpu.as_slice::<f32>()?);
     let (ls, ks) = (lhs_layout.stride(), kv_layout.stride());
@@ -264,32 +358,34 @@ fn per_head_gemv(lhs: &Tensor, kv: &Tensor, n_rep: usize, transposed: bool, n: u
     let (rhs_cs, rhs_rs) = if transposed { (ks[2], ks[3]) } else { (ks[3], ks[2]) };
     // Every element any head reads must lie inside the storage.
     let last = |start: usize, s: &[usize], dims: [usize; 4]| start + s.iter().zip(dims).map(|(s, d)| s * d.saturating_sub(1)).sum::<usize>();
-    if last(lhs_layout.start_offset(), ls, [1, heads, 1, inner]) >= lhs_data.len() || last(kv_layout.start_offset(), ks, [1, kv_heads, t, d]) >= kv_data.len() {
-        return Err(candle_core::Error::Msg("decode attention: a view runs past its storage".into()).into());
+    if last(lhs_layout.start_offset(), ls, [1, lhs_heads, rows, inner]) >= lhs_data.len() || last(kv_layout.start_offset(), ks, [1, kv_heads, t, d]) >= kv_data.len() {
+        return Err(candle_core::Error::Msg("attention: a view runs past its storage".into()).into());
     }
     // candle reads this from the environment on every matmul (a `getenv` each time, visible in
     // perf); it does not change while the process runs, so read it once.
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     let threads = *THREADS.get_or_init(candle_core::utils::get_num_threads);
     let parallelism = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    let mut out = vec![0f32; heads * n];
-    // gemm runs a one-row product on the calling thread alone. Sharing the heads out over
-    // candle's matmul workers kept the bits but was no faster here (the GQA heads of one kv head
-    // then read its rows on two cores), so they run one after another.
-    for h in 0..heads {
+    let per_head = rows * n;
+    let mut out = vec![0f32; heads.len() * per_head];
+    // For one row gemm runs on the calling thread alone. Sharing the heads out over candle's
+    // matmul workers kept the bits but was no faster here (the GQA heads of one kv head then
+    // read its rows on two cores), so they run one after another.
+    for (i, h) in heads.enumerate() {
         let lhs_at = lhs_layout.start_offset() + h * ls[1];
         let kv_at = kv_layout.start_offset() + (h / n_rep) * ks[1];
         // SAFETY: the check above keeps every element read, at these offsets and strides over
-        // `inner` by `n`, inside the two slices, which outlive this call; `out` has room for `n`
-        // values after `h * n`, written with unit column stride, and no two heads' ranges
-        // overlap. No other reference writes these buffers meanwhile (the read guards are held
-        // and `out` is written only through this pointer).
+        // `rows` by `inner` and `inner` by `n`, inside the two slices, which outlive this call;
+        // `out` has room for `rows · n` values after `i · rows · n`, written row-major with unit
+        // column stride, and no two heads' ranges overlap. No other reference writes these
+        // buffers meanwhile (the read guards are held and `out` is written only through this
+        // pointer).
         unsafe {
             gemm::gemm(
-                1,
+                rows,
                 n,
                 inner,
-                out.as_mut_ptr().add(h * n),
+                out.as_mut_ptr().add(i * per_head),
                 1,
                 n as isize,
                 false,
@@ -309,15 +405,6 @@ fn per_head_gemv(lhs: &Tensor, kv: &Tensor, n_rep: usize, transposed: bool, n: u
         }
     }
     Ok(out)
-}
-
-/// `[b, kv_heads, t, d]` → `[b, kv_heads · n_rep, t, d]`, each kv head repeated in place.
-fn repeat_kv(x: &Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x.clone());
-    }
-    let (b, nkv, t, d) = x.dims4()?;
-    Ok(Tensor::cat(&vec![x; n_rep], 2)?.reshape((b, nkv * n_rep, t, d))?)
 }
 
 /// `[seq, position + seq]` additive mask: row `i` (absolute position `position + i`) may attend to
