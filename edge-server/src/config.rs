@@ -125,3 +125,17 @@ fn parse_share(s: &str) -> Result<f64, String> {
         Err(e) => Err(format!("{s:?} is not a number: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefill_share_outside_its_range_is_refused_with_the_range() {
+        assert_eq!(parse_share("0.25"), Ok(0.25));
+        assert_eq!(parse_share("0"), Ok(0.0));
+        assert!(parse_share("1").unwrap_err().contains("not a share in 0..=0.95"));
+        assert!(parse_share("-0.1").is_err() && parse_share("NaN").is_err());
+        assert!(parse_share("half").unwrap_err().contains("\"half\" is not a number"));
+    }
+}

@@ -840,3 +840,27 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod credit_tests {
+    use super::*;
+
+    #[test]
+    fn a_prefill_earns_its_share_of_each_round_and_no_more() {
+        let ms = Duration::from_millis;
+        // Share 0.5: a 12 ms round of other jobs buys 12 ms of prefill units.
+        let mut c = PrefillCredit::new(0.5 / (1.0 - 0.5));
+        assert!(!c.spend(ms(3)), "no credit before any round");
+        c.earn(ms(12));
+        assert!(c.spend(ms(5)) && c.spend(ms(5)), "7 ms, then 2 ms left");
+        assert!(!c.spend(ms(5)), "spent");
+        // Earnings do not pile up: the next round's replaces what was left.
+        c.earn(ms(40));
+        c.earn(ms(4));
+        assert!(c.spend(ms(3)) && !c.spend(ms(2)));
+        // Share 0: the prefill gets only what no job waits for.
+        let mut none = PrefillCredit::new(0.0);
+        none.earn(ms(100));
+        assert!(!none.spend(Duration::from_micros(1)));
+    }
+}

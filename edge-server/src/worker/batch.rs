@@ -383,7 +383,7 @@ mod tests {
         while state.prefilling() {
             state.prefill_unit();
             units += 1;
-            if units % 7 == 0 && state.prefilling() {
+            if units % 40 == 0 && state.prefilling() {
                 let (step, rx_other) = step_job(other.decode());
                 state.handle_all(vec![step]);
                 other.next = reply(rx_other).unwrap().unwrap().id;
