@@ -215,6 +215,10 @@ struct PplArgs {
     channel_args: ChannelArgs,
     #[command(flatten)]
     link: LinkArgs,
+    /// What the KV cache stores keys and values in: f32 (exact) or f16 (the edge's
+    /// `--kv-cache f16`); every layer's cache, on both sides of the split.
+    #[arg(long, default_value = "f32", env = "SPLITINFER_KV_CACHE", value_parser = split_core::model::parse_kv_dtype)]
+    kv_cache: candle_core::DType,
     /// Print one JSON object instead of a line of text.
     #[arg(long)]
     json: bool,
@@ -482,7 +486,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
 
 fn run_ppl(args: PplArgs) -> Result<()> {
     let (text_path, text) = read_text(args.text.as_deref())?;
-    let (model, tokenizer) = load(&args.model)?;
+    let (mut model, tokenizer) = load(&args.model)?;
+    model.set_kv_dtype(args.kv_cache)?;
     let mut tokens = tokenizer.encode(&text)?;
     if args.max_tokens > 0 {
         tokens.truncate(args.max_tokens);
@@ -533,10 +538,13 @@ fn run_ppl(args: PplArgs) -> Result<()> {
         0.0
     };
     let report = &reports[0];
-    let where_ = match args.split.split {
+    let mut where_ = match args.split.split {
         Some(k) => format!("split k={k}, wire {}", args.split.wire_dtype),
         None => "unsplit".into(),
     };
+    if args.kv_cache != candle_core::DType::F32 {
+        where_.push_str(", KV cache f16");
+    }
     if args.json {
         let json = serde_json::json!({
             "text": text_path,
@@ -546,6 +554,7 @@ fn run_ppl(args: PplArgs) -> Result<()> {
             "stride": cfg.stride,
             "split": args.split.split,
             "wire_dtype": args.split.wire_dtype.to_string(),
+            "kv_cache": format!("{:?}", args.kv_cache).to_lowercase(),
             "channel": channel,
             "normalization": setup.normalization.to_string(),
             "concealment": setup.concealment.to_string(),

@@ -35,6 +35,11 @@ pub struct EdgeConfig {
     /// otherwise RESOURCE_EXHAUSTED says how much is committed.
     #[arg(long, env = "EDGE_KV_BUDGET_MIB", default_value_t = crate::worker::DEFAULT_KV_BUDGET_MIB)]
     pub kv_budget_mib: u64,
+    /// What the sessions' KV caches store keys and values in: f32 (exact: the tokens equal the
+    /// monolithic model's) or f16 (half the memory per session, and the KV budget admits twice the
+    /// positions; keys and values are rounded to f16, docs/performance.md gives the perplexity cost).
+    #[arg(long, env = "EDGE_KV_CACHE", default_value = "f32", value_parser = split_core::model::parse_kv_dtype)]
+    pub kv_cache: candle_core::DType,
     /// Rows of a prefill computed together. Prefills advance a piece of one layer of one chunk at
     /// a time (projections, one attention head, or the MLP) between other sessions' decode steps,
     /// so a long prompt does not stall them; a message of more rows is computed in chunks of this
@@ -91,6 +96,7 @@ impl EdgeConfig {
             max_sessions: 256,
             prefill_chunk_rows: crate::worker::PREFILL_CHUNK_ROWS,
             prefill_share: crate::worker::DEFAULT_PREFILL_SHARE,
+            kv_cache: candle_core::DType::F32,
             kv_budget_mib: crate::worker::DEFAULT_KV_BUDGET_MIB,
             grace_period_ms: 5_000,
             agent: None,
@@ -129,6 +135,16 @@ fn parse_share(s: &str) -> Result<f64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn a_kv_cache_type_is_f32_or_f16() {
+        let parse = |v: &str| EdgeConfig::try_parse_from(["edge-server", "--kv-cache", v]).map(|c| c.kv_cache).map_err(|e| e.to_string());
+        assert_eq!(parse("f16"), Ok(candle_core::DType::F16));
+        assert_eq!(parse("f32"), Ok(candle_core::DType::F32));
+        let e = parse("bf16").unwrap_err();
+        assert!(e.contains("\"bf16\" is not a KV cache type: f32 or f16"), "{e}");
+    }
 
     #[test]
     fn a_prefill_share_outside_its_range_is_refused_with_the_range() {

@@ -50,6 +50,12 @@ pub async fn run_with_metrics(
     model: Arc<LoadedModel>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        model.model.kv_dtype() == config.kv_cache,
+        "the model was loaded with a {:?} KV cache but the configuration asks for {:?} (set it with SplitModel::set_kv_dtype before serving)",
+        model.model.kv_dtype(),
+        config.kv_cache
+    );
     let token = CancellationToken::new();
     let metrics = EdgeMetrics::new();
     if let Some(l) = metrics_listener {

@@ -12,8 +12,11 @@ async fn main() -> anyhow::Result<()> {
     splitinfer_telemetry::init(config.log_json);
     let path = resolve_model(config.model.as_deref(), &config.model_name)?;
     let adapter = config.adapter.clone();
+    let kv_cache = config.kv_cache;
     let model = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadedModel> {
         let mut model = LoadedModel::load(&path)?;
+        model.model.set_kv_dtype(kv_cache)?;
+        tracing::info!(kv_cache = ?kv_cache, "KV cache type");
         if let Some(path) = adapter {
             let a = Adapter::load(&path, &model.sha256)?;
             let layers = model.model.apply_adapter(&a, 0)?;

@@ -2,10 +2,11 @@
 //! driven by jobs over a channel with oneshot replies (an actor, like TGI's queue), so no tokio
 //! worker ever blocks on a forward pass.
 //!
-//! Decode steps of different sessions at the same split are batched: the worker takes whatever
-//! is queued (up to [`MAX_DRAIN`] jobs), checks each step on its own, and runs the single-row
-//! decode steps of each layer range as one forward pass ([`SplitModel::run_layers_batch`]),
-//! which gives every session exactly the bits it would get alone. A session's jobs keep their
+//! Decode steps of different sessions are batched, whatever their splits: the worker takes
+//! whatever is queued (up to [`MAX_DRAIN`] jobs), checks each step on its own, and runs all the
+//! single-row decode steps as one forward pass ([`SplitModel::run_layers_batch`]), in which a
+//! session at split `k` joins at layer `k`. That gives every session exactly the bits it would
+//! get alone. A session's jobs keep their
 //! order; only jobs of different sessions may overtake each other.
 //!
 //! [`SplitModel::run_layers_batch`]: split_core::model::SplitModel::run_layers_batch
@@ -479,7 +480,6 @@ struct CheckedStep {
     rows: usize,
     /// A single-row step after the prompt: it may share a forward pass.
     decode: bool,
-    k: usize,
 }
 
 /// Samples a session's next token from its logits and counts it: `(id, logprob, eos)`.
@@ -550,7 +550,8 @@ impl State {
     /// KV cache bytes of `positions` positions in every layer (f32 keys and values).
     fn kv_bytes(&self, positions: usize) -> u64 {
         let c = self.model.model.config();
-        (positions * c.n_layers * 2 * c.n_kv_heads * c.head_dim * 4) as u64
+        let element = self.model.model.kv_dtype().size_in_bytes();
+        (positions * c.n_layers * 2 * c.n_kv_heads * c.head_dim * element) as u64
     }
 
     fn missing(&self, id: &SessionId) -> EdgeError {
@@ -746,7 +747,7 @@ impl State {
             }
         }
         let x = receive(self.calibration.as_deref(), model, sess.link, sess.split.k(), &s.hidden, &s.erased, pos)?;
-        Ok(CheckedStep { x, position: pos, rows, decode: prefill_left == 0, k: sess.split.k() })
+        Ok(CheckedStep { x, position: pos, rows, decode: prefill_left == 0 })
     }
 
     /// Moves the split of a session at a token boundary: the layers that change sides leave or

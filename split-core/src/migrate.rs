@@ -87,7 +87,10 @@ pub fn from_wire(model: &SplitModel, message: &str, entries: &[LayerEntries], fr
     let device = model.device();
     let entries = entries
         .iter()
-        .map(|e| Ok(LayerKv { k: e.k.to_tensor(device)?, v: e.v.to_tensor(device)? }))
+        .map(|e| {
+            let stored = |t: &WireTensor| -> Result<_> { Ok(t.to_tensor(device)?.to_dtype(model.kv_dtype())?) };
+            Ok(LayerKv { k: stored(&e.k)?, v: stored(&e.v)? })
+        })
         .collect::<Result<Vec<_>>>()?;
     KvCache::from_entries(layers, entries, position, kv_heads, head_dim).map_err(|e| Error::InvalidArgument(format!("moved caches: {e}")))
 }

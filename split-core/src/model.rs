@@ -56,6 +56,15 @@ impl Default for LoadOptions {
     }
 }
 
+/// A KV cache type by name, for the command-line options that choose it: `f32` or `f16`.
+pub fn parse_kv_dtype(s: &str) -> std::result::Result<DType, String> {
+    match s.trim() {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        other => Err(format!("{other:?} is not a KV cache type: f32 or f16")),
+    }
+}
+
 /// The model's weights, shared (read-only) by every session that runs any of its layers.
 #[derive(Debug)]
 pub struct SplitModel {
@@ -157,6 +166,7 @@ impl SplitModel {
                 gate: loader.linear(&format!("{p}.ffn_gate"))?,
                 up: loader.linear(&format!("{p}.ffn_up"))?,
                 down: loader.linear(&format!("{p}.ffn_down"))?,
+                kv_dtype: DType::F32,
             });
         }
         let final_norm = RmsNorm { weight: loader.dense("output_norm.weight")?, eps };
@@ -210,6 +220,24 @@ impl SplitModel {
             applied += 1;
         }
         Ok(applied)
+    }
+
+    /// Stores keys and values in `dtype` from now on: f32 (the default, exact) or f16 (half the
+    /// cache's memory; a decode step attends over it with its own kernel, a chunk widens it to
+    /// f32 first). Caches filled before keep their type.
+    pub fn set_kv_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::F32 | DType::F16) {
+            return Err(Error::InvalidArgument(format!("a KV cache holds f32 or f16, not {dtype:?}")));
+        }
+        for layer in &mut self.layers {
+            layer.kv_dtype = dtype;
+        }
+        Ok(())
+    }
+
+    /// What new keys and values are stored in.
+    pub fn kv_dtype(&self) -> DType {
+        self.layers.first().map_or(DType::F32, |l| l.kv_dtype)
     }
 
     pub fn n_layers(&self) -> usize {
@@ -347,13 +375,16 @@ impl SplitModel {
     }
 
     /// One decode step of several sessions at once: `hidden[i]` (`[1, 1, hidden]`) is the next
-    /// position of `caches[i]`. Every cache must cover the same layers; positions may differ.
-    /// Returns each session's output (`[1, 1, hidden]`) and advances each cache by one.
+    /// position of `caches[i]`. Every cache must end at the same layer; they may start at
+    /// different layers, and positions may differ. Returns each session's output (`[1, 1, hidden]`)
+    /// and advances each cache by one.
     ///
-    /// The rows share the norms, projections and MLP (one weight pass for the whole batch) and
-    /// attend over their own caches on the shapes of [`SplitModel::run_layers`], so each output
-    /// equals stepping that session alone bit for bit. Everything is checked before any cache
-    /// changes.
+    /// A session joins the batch at its first layer: the layers `k..L` of a session split at `k`
+    /// are a suffix of those of a session split lower, so from layer `k` on both rows share each
+    /// layer's weight pass. Within a layer the rows share the norms, projections and MLP (one
+    /// weight pass for all of them) and attend over their own caches on the shapes of
+    /// [`SplitModel::run_layers`], so each output equals stepping that session alone bit for bit.
+    /// Everything is checked before any cache changes.
     pub fn run_layers_batch(&self, hidden: &[Tensor], caches: &mut [&mut KvCache]) -> Result<Vec<Tensor>> {
         if hidden.len() != caches.len() {
             return Err(Error::InvalidArgument(format!(
@@ -363,13 +394,14 @@ impl SplitModel {
             )));
         }
         let Some(first) = caches.first() else { return Ok(Vec::new()) };
-        let range = first.range();
-        self.check_range(&range)?;
+        let end = first.range().end;
         for (i, (h, cache)) in hidden.iter().zip(caches.iter()).enumerate() {
-            if cache.range() != range {
+            let range = cache.range();
+            self.check_range(&range)?;
+            if range.end != end {
                 return Err(Error::InvalidArgument(format!(
-                    "a batched step needs every cache on the same layers: session 0 runs layers {range:?} but session {i} runs {:?}",
-                    cache.range()
+                    "a batched step needs every cache to end at the same layer: session 0 runs layers {:?} but session {i} runs {range:?}",
+                    first.range()
                 )));
             }
             let seq = self.check_hidden(h)?;
@@ -383,14 +415,39 @@ impl SplitModel {
                 return Err(Error::ContextTooLong { needed, limit: self.config.context_length });
             }
         }
-        let mut x = Tensor::cat(hidden, 0)?;
-        for layer in &self.layers[range] {
-            x = layer.forward_batch(&x, &self.config, &self.rope, caches)?;
+        // Rows in order of their first layer, so the rows running a layer are always a prefix.
+        let mut order: Vec<usize> = (0..caches.len()).collect();
+        order.sort_by_key(|&i| caches[i].range().start);
+        let starts: Vec<usize> = order.iter().map(|&i| caches[i].range().start).collect();
+        let mut sorted: Vec<&mut KvCache> = Vec::with_capacity(caches.len());
+        {
+            let mut slots: Vec<Option<&mut KvCache>> = caches.iter_mut().map(|c| Some(&mut **c)).collect();
+            for &i in &order {
+                sorted.push(slots[i].take().expect("each index once"));
+            }
         }
-        for cache in caches.iter_mut() {
+        let mut x: Option<Tensor> = None;
+        let mut active = 0;
+        for layer in starts[0]..end {
+            let joining = starts[active..].iter().take_while(|&&s| s == layer).count();
+            if joining > 0 {
+                let mut rows: Vec<Tensor> = x.take().into_iter().collect();
+                rows.extend(order[active..active + joining].iter().map(|&i| hidden[i].clone()));
+                x = Some(Tensor::cat(&rows, 0)?);
+                active += joining;
+            }
+            let input = x.as_ref().expect("the first row joins at the first layer");
+            x = Some(self.layers[layer].forward_batch(input, &self.config, &self.rope, &mut sorted[..active])?);
+        }
+        for cache in sorted.iter_mut() {
             cache.advance(1)?;
         }
-        (0..hidden.len()).map(|i| Ok(x.narrow(0, i, 1)?)).collect()
+        // Sessions with no layers (`k = L`) pass their activation through unchanged.
+        let mut out: Vec<Option<Tensor>> = vec![None; hidden.len()];
+        for (row, &i) in order.iter().enumerate() {
+            out[i] = Some(if row < active { x.as_ref().expect("rows ran").narrow(0, row, 1)? } else { hidden[i].clone() });
+        }
+        Ok(out.into_iter().map(|t| t.expect("every session has an output")).collect())
     }
 
     /// How much the logits move per unit change of each dimension of the last layer's output, to

@@ -52,16 +52,22 @@ impl Session {
     }
 }
 
-/// One decode step of `sessions` with both sides batched.
+/// One decode step of `sessions` with the edge side batched, and the UE side too where every
+/// session runs the same UE layers (a batch needs its caches to end at one layer).
 fn step_batched(model: &SplitModel, sessions: &mut [&mut Session]) {
     let x: Vec<Tensor> = sessions.iter().map(|s| model.embed(&[s.next]).unwrap()).collect();
+    let same_ue = sessions.windows(2).all(|w| w[0].ue.range() == w[1].ue.range());
     let mut ue: Vec<&mut KvCache> = Vec::new();
     let mut edge: Vec<&mut KvCache> = Vec::new();
     for s in sessions.iter_mut() {
         ue.push(&mut s.ue);
         edge.push(&mut s.edge);
     }
-    let x = model.run_layers_batch(&x, &mut ue).unwrap();
+    let x = if same_ue {
+        model.run_layers_batch(&x, &mut ue).unwrap()
+    } else {
+        x.iter().zip(ue).map(|(x, c)| model.run_layers(x, c).unwrap()).collect()
+    };
     let h = model.run_layers_batch(&x, &mut edge).unwrap();
     for (s, logits) in sessions.iter_mut().zip(model.head_last_batch(&h).unwrap()) {
         s.take(logits);
@@ -77,12 +83,15 @@ fn same_bits(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-/// Runs `prompts` split at `k` twice, once stepping each session alone and once in batches whose
-/// membership changes every step (`in_batch(session, step)`), and compares every step's logits.
-fn check_batched_equals_alone(k: usize, prompts: &[Vec<u32>], steps: usize, in_batch: impl Fn(usize, usize) -> bool) {
+/// Runs `prompts` twice, session `i` split at `ks[i % ks.len()]`, once stepping each session
+/// alone and once in batches whose membership changes every step (`in_batch(session, step)`), and
+/// compares every step's logits.
+fn check_batched_equals_alone(ks: &[usize], prompts: &[Vec<u32>], steps: usize, in_batch: impl Fn(usize, usize) -> bool) {
     let model = &shared_model().model;
-    let mut alone: Vec<Session> = prompts.iter().map(|p| Session::start(model, k, p)).collect();
-    let mut batched: Vec<Session> = prompts.iter().map(|p| Session::start(model, k, p)).collect();
+    let start = |(i, p): (usize, &Vec<u32>)| Session::start(model, ks[i % ks.len()], p);
+    let mut alone: Vec<Session> = prompts.iter().enumerate().map(start).collect();
+    let mut batched: Vec<Session> = prompts.iter().enumerate().map(start).collect();
+    let k = ks;
     let mut largest = 0;
     for step in 0..steps {
         for (i, s) in alone.iter_mut().enumerate() {
@@ -95,14 +104,14 @@ fn check_batched_equals_alone(k: usize, prompts: &[Vec<u32>], steps: usize, in_b
         largest = largest.max(members.len());
         step_batched(model, &mut members);
     }
-    assert!(largest > 1, "k={k}: no step batched more than one session");
+    assert!(largest > 1, "k={k:?}: no step batched more than one session");
     for (i, (a, b)) in alone.iter().zip(&batched).enumerate() {
-        assert_eq!(a.logits.len(), b.logits.len(), "k={k} session {i}: step count");
-        assert!(a.logits.len() > steps / 2, "k={k} session {i} took only {} steps", a.logits.len());
+        assert_eq!(a.logits.len(), b.logits.len(), "k={k:?} session {i}: step count");
+        assert!(a.logits.len() > steps / 2, "k={k:?} session {i} took only {} steps", a.logits.len());
         for (step, (x, y)) in a.logits.iter().zip(&b.logits).enumerate() {
-            assert!(same_bits(x, y), "k={k} session {i}: batched logits differ from stepping alone at step {step}");
+            assert!(same_bits(x, y), "k={k:?} session {i}: batched logits differ from stepping alone at step {step}");
         }
-        assert_eq!((a.ue.position(), a.edge.position()), (b.ue.position(), b.edge.position()), "k={k} session {i}");
+        assert_eq!((a.ue.position(), a.edge.position()), (b.ue.position(), b.edge.position()), "k={k:?} session {i}");
     }
 }
 
@@ -124,19 +133,28 @@ fn batched_decode_equals_one_by_one_at_every_kind_of_split() {
     // k = 0 gives the UE no layers and the edge all of them, k = L the reverse. Sessions sit out
     // some steps (never more than one in a row), so batch sizes and positions keep changing.
     for k in [0, 1, l / 2, l] {
-        check_batched_equals_alone(k, &prompts, 18, |i, step| (i + step) % 4 != 0);
+        check_batched_equals_alone(&[k], &prompts, 18, |i, step| (i + step) % 4 != 0);
     }
+}
+
+#[test]
+fn sessions_at_different_splits_share_a_pass_and_each_gets_its_own_bits() {
+    // The edge's layers k..L of a session at k are a suffix of those of a session split lower:
+    // each joins the pass at its own layer. k = L runs no edge layer and passes through.
+    let l = shared_model().model.n_layers();
+    let prompts = prompts(10);
+    check_batched_equals_alone(&[0, 1, 7, l / 2, l - 1, l], &prompts, 14, |i, step| (i + step) % 5 != 0);
 }
 
 #[test]
 fn a_batch_larger_than_the_kernel_row_tile_stays_exact() {
     // candle's quantized matmul works on tiles of 16 rows; rows in the second tile must not differ.
     let prompts = prompts(20);
-    check_batched_equals_alone(9, &prompts, 16, |i, step| step >= i % 3);
+    check_batched_equals_alone(&[9], &prompts, 16, |i, step| step >= i % 3);
 }
 
 #[test]
-fn a_batch_mixing_layer_ranges_is_refused() {
+fn a_batch_of_caches_ending_at_different_layers_is_refused() {
     let model = &shared_model().model;
     let x = model.embed(&[1]).unwrap();
     let mut a = KvCache::new(0..15);
@@ -144,7 +162,7 @@ fn a_batch_mixing_layer_ranges_is_refused() {
     let e = model.run_layers_batch(&[x.clone(), x.clone()], &mut [&mut a, &mut b]).unwrap_err().to_string();
     assert_eq!(
         e,
-        "invalid argument: a batched step needs every cache on the same layers: session 0 runs layers 0..15 but session 1 runs 0..30"
+        "invalid argument: a batched step needs every cache to end at the same layer: session 0 runs layers 0..15 but session 1 runs 0..30"
     );
     assert_eq!((a.position(), b.position()), (0, 0), "a refused batch must not advance any cache");
 

@@ -1,8 +1,8 @@
-//! Rounds of jobs and batched decode steps: how [`State::handle_all`] groups the single-row
-//! decode steps of a round by split into one forward pass each, and keeps every session's jobs
-//! in arrival order.
+//! Rounds of jobs and batched decode steps: how [`State::handle_all`] runs the single-row
+//! decode steps of a round as one forward pass, whatever their splits (a session at `k` joins
+//! the pass at layer `k`), and keeps every session's jobs in arrival order.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -19,16 +19,17 @@ struct Waiting {
     reply: oneshot::Sender<Result<Option<TokenOut>, EdgeError>>,
 }
 
-/// Checked decode steps of one round, one batch per split `k` (the edge runs layers `k..L`).
+/// Checked decode steps of one round. The edge runs layers `k..L` of a session at `k`, a suffix
+/// of every other session's, so all of them share one pass.
 #[derive(Default)]
 struct Pending {
-    batches: BTreeMap<usize, Vec<Waiting>>,
+    batch: Vec<Waiting>,
     sessions: HashSet<SessionId>,
 }
 
 impl State {
     /// Handles jobs taken off the queue together. Checked decode steps wait in `pending`, one
-    /// batch per layer range, until the end of the round. Any other job of a waiting session
+    /// batch across all splits, until the end of the round. Any other job of a waiting session
     /// first runs the waiting batches, so each session sees its jobs in arrival order; so does a
     /// split change, so that it does not hold up steps that came before it. Prefill steps join
     /// the prefills in progress (`prefill.rs`), which advance between rounds. Light jobs of
@@ -55,7 +56,7 @@ impl State {
                 }
                 Ok(c) if c.decode => {
                     pending.sessions.insert(s.session.clone());
-                    pending.batches.entry(c.k).or_default().push(Waiting { input: s, x: c.x, reply });
+                    pending.batch.push(Waiting { input: s, x: c.x, reply });
                 }
                 Ok(c) => self.start_prefill(s, c, reply, queue, started),
             }
@@ -64,13 +65,14 @@ impl State {
     }
 
     fn run_pending(&mut self, pending: &mut Pending) {
-        for (_, batch) in std::mem::take(&mut pending.batches) {
+        let batch = std::mem::take(&mut pending.batch);
+        if !batch.is_empty() {
             self.step_batch(batch);
         }
         pending.sessions.clear();
     }
 
-    /// One forward pass for checked decode steps of distinct sessions on the same layers.
+    /// One forward pass for checked decode steps of distinct sessions, each joining at its split.
     fn step_batch(&mut self, batch: Vec<Waiting>) {
         let started = Instant::now();
         // The members leave the map while their caches are borrowed together, and all return.
@@ -253,7 +255,7 @@ mod tests {
     }
 
     #[test]
-    fn a_round_of_decode_steps_is_batched_per_split_and_equals_stepping_alone() {
+    fn a_round_of_decode_steps_at_three_splits_is_one_pass_and_equals_stepping_alone() {
         let model = shared_model();
         let mut alone = State::new(model.clone(), 16, None);
         let mut batched = State::new(model, 16, None);
@@ -280,9 +282,9 @@ mod tests {
                     "round {round}, session {i} (k={})",
                     ue.k
                 );
-                // Three sessions at k=0, two at k=12, one at k=30.
-                let same_split = SESSIONS.iter().filter(|s| s.0 == ue.k).count();
-                assert_eq!(t.batch, same_split, "round {round}, session {i}");
+                // Three sessions at k=0, two at k=12, one at k=30: one pass for all six, each
+                // joining at its own split.
+                assert_eq!(t.batch, SESSIONS.len(), "round {round}, session {i}");
                 ue.next = t.id;
             }
         }

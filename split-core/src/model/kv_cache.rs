@@ -184,6 +184,15 @@ impl KvCache {
         Ok(Self { range: self.range.start..upper.range.end, layers: self.layers, position })
     }
 
+    /// Bytes its buffers hold, used or not (keys and values of every layer).
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .flatten()
+            .map(|s| (s.k.elem_count() + s.v.elem_count()) * s.k.dtype().size_in_bytes())
+            .sum()
+    }
+
     /// Sets the position of a cache with no layers (it follows the side's other caches).
     pub fn set_empty_position(&mut self, position: usize) {
         if self.range.is_empty() {

@@ -2,7 +2,7 @@
 //! SwiGLU MLP → residual. Written on candle's public building blocks.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{Module, Storage, Tensor};
+use candle_core::{DType, Module, Storage, Tensor};
 
 use super::ModelConfig;
 use super::kv_cache::{KvCache, LayerKv};
@@ -151,6 +151,9 @@ pub(crate) struct DecoderLayer {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// What the cache stores keys and values in: f32 (exact), or f16 (half the memory, see
+    /// [`attend_one_f16`]).
+    pub kv_dtype: DType,
 }
 
 impl DecoderLayer {
@@ -190,13 +193,15 @@ impl DecoderLayer {
         let q = rope.apply(&heads(q, nh)?, position)?;
         let k = rope.apply(&heads(k, nkv)?, position)?;
         let v = heads(v, nkv)?.contiguous()?;
-        let kv = cache.append(self.index, k, v)?;
+        let kv = cache.append(self.index, self.stored(k)?, self.stored(v)?)?;
         let scale = 1.0 / (hd as f64).sqrt();
         if seq == 1 {
             let y = attend_one(&q, &kv, nh / nkv, scale)?;
             return Ok(Attention::Done((x + self.o.forward(&y)?)?));
         }
         let mask = causal_mask(seq, position, q.device())?;
+        // A chunk's heads run on f32 `gemm`s: an f16 cache is widened once per chunk and layer.
+        let kv = if kv.k.dtype() == DType::F32 { kv } else { LayerKv { k: kv.k.to_dtype(DType::F32)?, v: kv.v.to_dtype(DType::F32)? } };
         Ok(Attention::Heads(ChunkAttention { out: Vec::with_capacity(nh * seq * hd), q, kv, mask, scale, n_rep: nh / nkv, seq, next_head: 0 }))
     }
 
@@ -247,8 +252,13 @@ impl DecoderLayer {
         let q = rope.apply(&heads(q, nh)?, position)?;
         let k = rope.apply(&heads(k, nkv)?, position)?;
         let v = heads(v, nkv)?.contiguous()?;
-        let kv = cache.append(self.index, k, v)?;
+        let kv = cache.append(self.index, self.stored(k)?, self.stored(v)?)?;
         attend_one(&q, &kv, nh / nkv, 1.0 / (hd as f64).sqrt())
+    }
+
+    /// New keys or values in the cache's type.
+    fn stored(&self, t: Tensor) -> Result<Tensor> {
+        Ok(if t.dtype() == self.kv_dtype { t } else { t.to_dtype(self.kv_dtype)? })
     }
 }
 
@@ -325,12 +335,96 @@ impl ChunkAttention {
 /// of the cache, so every score and output is the same. The scale and softmax are candle's ops on
 /// the same `[1, heads, 1, t]` tensor.
 fn attend_one(q: &Tensor, kv: &LayerKv, n_rep: usize, scale: f64) -> Result<Tensor> {
+    if kv.k.dtype() == DType::F16 {
+        return attend_one_f16(q, kv, n_rep, scale);
+    }
     let (_, heads, _, dim) = q.dims4()?;
     let t = kv.k.dim(2)?;
     let scores = Tensor::from_vec(per_head_gemm(q, &kv.k, n_rep, true, t, 0..heads)?, (1, heads, 1, t), q.device())?;
     let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?)?;
     let y = per_head_gemm(&probs, &kv.v, n_rep, false, dim, 0..heads)?;
     Ok(Tensor::from_vec(y, (1, 1, heads * dim), q.device())?)
+}
+
+/// [`attend_one`] over a cache held in f16 (`--kv-cache f16`): the scores, softmax and weighted
+/// sum in f32, in the same order for every call. Each cached row is widened once, into a small
+/// buffer, and used by the `n_rep` query heads that read its kv head; nothing the size of the
+/// cache is widened. Not bit-identical to the f32 cache: keys and values are rounded to f16
+/// when stored, and the products are summed in eight lanes (docs/performance.md gives the
+/// perplexity cost).
+fn attend_one_f16(q: &Tensor, kv: &LayerKv, n_rep: usize, scale: f64) -> Result<Tensor> {
+    use half::slice::HalfFloatSliceExt;
+    let (_, heads, _, dim) = q.dims4()?;
+    let (_, kv_heads, t, d) = kv.k.dims4()?;
+    if d != dim || heads != kv_heads * n_rep || kv.v.dims4()? != (1, kv_heads, t, d) {
+        return Err(candle_core::Error::Msg(format!("attention: q {:?} against an f16 cache {:?}", q.dims(), kv.k.dims())).into());
+    }
+    let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
+    let (ks, kl) = kv.k.storage_and_layout();
+    let (vs, vl) = kv.v.storage_and_layout();
+    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
+        return Err(candle_core::Error::Msg("attention runs on the cpu only".into()).into());
+    };
+    let (kd, vd) = (kc.as_slice::<half::f16>()?, vc.as_slice::<half::f16>()?);
+    // Row `j` of kv head `g` starts at `start + g·s1 + j·s2` and its `d` values are adjacent.
+    let row_at = |l: &candle_core::Layout, data_len: usize| -> Result<(usize, usize, usize)> {
+        let s = l.stride();
+        let last = l.start_offset() + s[1] * kv_heads.saturating_sub(1) + s[2] * t.saturating_sub(1) + d;
+        if s[3] != 1 || last > data_len {
+            return Err(candle_core::Error::Msg(format!("attention: an f16 cache view {:?} with strides {s:?}", l.dims())).into());
+        }
+        Ok((l.start_offset(), s[1], s[2]))
+    };
+    let (k0, k1, k2) = row_at(kl, kd.len())?;
+    let (v0, v1, v2) = row_at(vl, vd.len())?;
+    let scale = scale as f32;
+    let mut out = vec![0f32; heads * dim];
+    let mut scores = vec![0f32; n_rep * t];
+    let mut row = vec![0f32; d];
+    for g in 0..kv_heads {
+        let qg = &q[g * n_rep * dim..][..n_rep * dim];
+        for j in 0..t {
+            kd[k0 + g * k1 + j * k2..][..d].convert_to_f32_slice(&mut row);
+            for r in 0..n_rep {
+                scores[r * t + j] = dot(&qg[r * dim..][..dim], &row) * scale;
+            }
+        }
+        for p in scores.chunks_exact_mut(t) {
+            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in p.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            for x in p.iter_mut() {
+                *x /= sum;
+            }
+        }
+        let og = &mut out[g * n_rep * dim..][..n_rep * dim];
+        for j in 0..t {
+            vd[v0 + g * v1 + j * v2..][..d].convert_to_f32_slice(&mut row);
+            for (r, o) in og.chunks_exact_mut(dim).enumerate() {
+                let w = scores[r * t + j];
+                for (o, x) in o.iter_mut().zip(&row) {
+                    *o += w * x;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(out, (1, 1, heads * dim), &candle_core::Device::Cpu)?)
+}
+
+/// `a · b` in eight interleaved sums (so the loop vectorizes), added up in a fixed order.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// For each head `h` in `heads` of `lhs` (`[1, heads, rows, inner]`), its rows times kv head
@@ -417,3 +511,51 @@ fn causal_mask(seq: usize, position: usize, device: &candle_core::Device) -> Res
     Ok(Tensor::from_vec(mask, (seq, total), device)?)
 }
 
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+
+    use super::super::kernel_tests::values;
+    use super::{LayerKv, attend_one, attend_one_f16};
+
+    /// `[1, heads, rows, dim]` of deterministic values scaled by `amp`.
+    fn tensor(heads: usize, rows: usize, dim: usize, amp: f32, seed: u64) -> Tensor {
+        let v: Vec<f32> = values(heads * rows * dim, seed).into_iter().map(|x| x * amp).collect();
+        Tensor::from_vec(v, (1, heads, rows, dim), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn attention_over_an_f16_cache_equals_the_f32_path_on_the_same_rounded_values() {
+        // SmolLM2's shape (9 query heads on 3 kv heads of 64) and qwen2's (14 on 2), with the cache
+        // a view of a larger buffer, as KvCache holds it.
+        for (heads, kv_heads, dim, t, seed) in [(9usize, 3usize, 64usize, 1usize, 1u64), (9, 3, 64, 77, 2), (14, 2, 64, 300, 3)] {
+            let q = tensor(heads, 1, dim, 0.05, seed);
+            let capacity = t.next_multiple_of(64) + 64;
+            let k16 = tensor(kv_heads, capacity, dim, 0.05, seed + 10).to_dtype(DType::F16).unwrap();
+            let v16 = tensor(kv_heads, capacity, dim, 0.05, seed + 20).to_dtype(DType::F16).unwrap();
+            let view = |x: &Tensor| x.narrow(2, 0, t).unwrap();
+            let f16 = LayerKv { k: view(&k16), v: view(&v16) };
+            let widened = LayerKv { k: view(&k16).to_dtype(DType::F32).unwrap(), v: view(&v16).to_dtype(DType::F32).unwrap() };
+            let scale = 1.0 / (dim as f64).sqrt();
+            let got = attend_one_f16(&q, &f16, heads / kv_heads, scale).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let want = attend_one(&q, &widened, heads / kv_heads, scale).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(got.len(), heads * dim);
+            let (worst, at) = got.iter().zip(&want).enumerate().map(|(i, (a, b))| ((a - b).abs(), i)).fold((0f32, 0), |m, x| if x.0 > m.0 { x } else { m });
+            let size = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            // Only the order of the f32 sums differs: a few ulps of the largest output.
+            assert!(worst <= size * 1e-5, "{heads}/{kv_heads} heads, t={t}: output {at} differs by {worst} (largest output {size})");
+            // Also through the dispatch every decode step takes.
+            let dispatched = attend_one(&q, &f16, heads / kv_heads, scale).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(dispatched, got);
+        }
+    }
+
+    #[test]
+    fn an_f16_cache_of_the_wrong_shape_is_refused() {
+        let q = tensor(9, 1, 64, 0.05, 1);
+        let k = tensor(2, 5, 64, 0.05, 2).to_dtype(DType::F16).unwrap();
+        let e = attend_one_f16(&q, &LayerKv { k: k.clone(), v: k }, 3, 0.125).unwrap_err().to_string();
+        assert!(e.contains("against an f16 cache"), "{e}");
+    }
+}
