@@ -34,7 +34,12 @@ cargo build --release -q -p splitinfer-tests --bin bench -p splitinfer
 rm -rf "$out" && mkdir -p "$out"
 mkfifo "$out/ctl" "$out/ack"
 runs=(mono "$split")
-[ -x "$llama_py" ] && runs+=(llama.cpp)
+# The venv exists from `install-llamacpp.sh --native-only` too (its build tools), without the binding.
+if [ -x "$llama_py" ] && "$llama_py" -c "import llama_cpp, numpy" 2>/dev/null; then
+  runs+=(llama.cpp)
+else
+  echo "profile: llama.cpp not profiled (its Python binding is not installed: scripts/install-llamacpp.sh --python-only)" >&2
+fi
 : >"$out/summary.tsv"
 # The machine's speed drifts (on a shared host by half within minutes), so the runs take turns:
 # each of $rounds rounds records every run for 2 generations, and the summary adds the rounds up.
