@@ -269,9 +269,9 @@ struct Concurrency {
     tokens_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// Seconds the mid-run prompt took to its first token, if it got there before the
+    /// Seconds the mid-run prompt took to its first token, and whether it got there before the
     /// generations ended.
-    prefill_s: Option<f64>,
+    prefill_s: Option<(f64, bool)>,
 }
 
 /// Rows of the long prompt that arrives in the middle of section 3's last run.
@@ -279,7 +279,8 @@ const MID_RUN_PREFILL: usize = 2048;
 
 /// `sessions` greedy generations of `n` tokens each at once, straight to the edge at k = 0. With
 /// `prefill = Some(rows)`, one more session arrives a second in and sends a prompt of `rows` rows in
-/// one message; it is dropped (the edge then drops its prefill) when the generations are done.
+/// one message; its time to the first token is reported if it got there before the generations
+/// ended, and it is waited for either way.
 async fn concurrent(edge: &str, sessions: usize, n: usize, prefill: Option<usize>) -> Result<Concurrency> {
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -306,11 +307,14 @@ async fn concurrent(edge: &str, sessions: usize, n: usize, prefill: Option<usize
         latency.extend(r.tokens[1..].iter().map(|t| (t.ue_compute_us + t.network_us + t.edge_queue_us + t.edge_compute_us) as f64 / 1e3));
     }
     let elapsed = start.elapsed();
+    // The prompt is waited for, not dropped: a dropped stream leaves its session on the edge for
+    // a resume, still prefilling, and that would weigh on the runs after this one.
     let prefill_s = match long {
-        Some(task) if task.is_finished() => Some(task.await??.0.as_secs_f64()),
         Some(task) => {
-            task.abort();
-            None
+            let done = task.is_finished();
+            let (took, kept) = tokio::time::timeout(Duration::from_secs(300), task).await.context("the long prompt took over 5 minutes")???;
+            drop(kept);
+            Some((took.as_secs_f64(), done))
         }
         None => None,
     };
@@ -990,7 +994,14 @@ async fn main() -> Result<()> {
         of(|c| c.p50_ms),
         of(|c| c.p99_ms)
     )?;
-    let done: Vec<String> = with_prefill.iter().map(|c| c.prefill_s.map_or("not done when the 16 ended".into(), |t| format!("{t:.1} s"))).collect();
+    let done: Vec<String> = with_prefill
+        .iter()
+        .map(|c| match c.prefill_s {
+            Some((t, true)) => format!("{t:.1} s"),
+            Some((t, false)) => format!("{t:.1} s (the 16 had ended)"),
+            None => "none".into(),
+        })
+        .collect();
     writeln!(md, "\nThe {MID_RUN_PREFILL}-row prompt's time to its first token, per round: {}.", done.join(", "))?;
     // A batch of decode rows does every row's arithmetic, as a prefill does its tokens in one
     // pass; the monolithic prefill rate of section 1 is the rate of such work at its most batched.
