@@ -154,6 +154,53 @@ pub fn monolithic(req: &ue_client::GenerateRequest) -> Vec<(u32, f32)> {
     out.tokens.iter().map(|t| (t.id, t.logprob)).collect()
 }
 
+/// A real `edge-server` process on a free loopback port, serving the default model; killed when
+/// dropped.
+pub struct EdgeProcess {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl EdgeProcess {
+    /// Starts `edge-server --listen 127.0.0.1:PORT --model DEFAULT` plus `args`, with `env` set,
+    /// and waits until it answers `Info` (failing the test after 60 s).
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new(workspace_binary("edge-server"))
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--model", &default_model().display().to_string()])
+            .args(args)
+            .envs(env.iter().copied())
+            .spawn()
+            .unwrap();
+        let edge = Self { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Ok(mut c) = splitinfer_proto::v1::edge_client::EdgeClient::connect(edge.url()).await
+                && c.info(splitinfer_proto::v1::InfoRequest {}).await.is_ok()
+            {
+                return edge;
+            }
+            assert!(std::time::Instant::now() < deadline, "the edge never came up");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Path of a workspace binary built next to the running test (same profile and target dir).
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();

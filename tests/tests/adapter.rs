@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use candle_core::{Device, Tensor};
 use split_core::adapter::{Adapter, LayerAdapter, LowRank};
@@ -12,8 +12,7 @@ use split_core::boundary::CleanWire;
 use split_core::model::SplitModel;
 use split_core::perplexity::{PplConfig, perplexity};
 use split_core::transform::LinkSetup;
-use splitinfer_proto::v1 as pb;
-use splitinfer_tests::{default_model, shared_model, workspace_binary};
+use splitinfer_tests::{EdgeProcess, default_model, shared_model, workspace_binary};
 use ue_client::score::{ScoreRequest, score};
 
 /// A fixed pseudo-random `[rows, cols]` matrix of amplitude `amp` (the same in every run).
@@ -61,15 +60,6 @@ fn an_adapter_for_another_model_is_refused_with_a_clear_error() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-struct Edge(Child);
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_serves_its_adapter_the_way_the_in_process_model_computes_it() {
     let model = shared_model();
@@ -77,19 +67,9 @@ async fn the_edge_serves_its_adapter_the_way_the_in_process_model_computes_it() 
     let path = dir.join("a.safetensors");
     let a = adapter(&model.sha256);
     a.save(&path).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _edge = Edge(edge(port, &path).spawn().unwrap());
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut c) = pb::edge_client::EdgeClient::connect(url.clone()).await
-            && c.info(pb::InfoRequest {}).await.is_ok()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the edge never came up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let path_arg = path.display().to_string();
+    let edge = EdgeProcess::start(&["--adapter", &path_arg], &[("RUST_LOG", "info")]).await;
+    let url = edge.url();
 
     let text = std::fs::read_to_string(splitinfer_tests::default_eval_text()).unwrap();
     let mut tokens = model.tokenizer.encode(&text).unwrap();

@@ -9,56 +9,30 @@
 //! 2000): with candle's default, each process's idle matmul workers spin on the cores the other
 //! needs, which makes even the solo figure swing between 12 and 25 ms here.
 
-use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use splitinfer_proto::v1 as pb;
-use splitinfer_tests::{default_eval_text, default_model, greedy_request, shared_model, workspace_binary};
+use splitinfer_tests::{EdgeProcess, default_eval_text, greedy_request, shared_model};
 
 const LONG_ROWS: usize = 4096;
 const DECODE_TOKENS: usize = 150;
 const SPIN_LIMIT: &str = "2000";
 
-struct Edge(Child, u16);
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+struct Edge(EdgeProcess);
 
 impl Edge {
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(workspace_binary("edge-server"))
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--model", &default_model().display().to_string()])
-            .env("RUST_LOG", "warn")
-            .env("CANDLE_BARRIER_POOL_SPIN_LIMIT", SPIN_LIMIT)
-            .spawn()
-            .unwrap();
-        let edge = Self(child, port);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(mut c) = pb::edge_client::EdgeClient::connect(edge.url()).await
-                && c.info(pb::InfoRequest {}).await.is_ok()
-            {
-                return edge;
-            }
-            assert!(Instant::now() < deadline, "the edge never came up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        Self(EdgeProcess::start(&[], &[("RUST_LOG", "warn"), ("CANDLE_BARRIER_POOL_SPIN_LIMIT", SPIN_LIMIT)]).await)
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.1)
+        self.0.url()
     }
 
     /// The process's peak resident memory so far (VmHWM), in MiB.
     fn peak_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.pid())).unwrap();
         let kb: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches("kB").trim().parse().unwrap();
         kb / 1024.0
     }

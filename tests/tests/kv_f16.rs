@@ -2,15 +2,12 @@
 //! logits near the exact f32 cache's, and the edge binary serving exactly what the in-process
 //! model computes with it.
 
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
 
 use candle_core::DType;
 use split_core::model::{KvCache, SplitModel};
 use split_core::pipeline::{Monolithic, generate};
 use split_core::sampling::{Sampler, SamplingConfig};
-use splitinfer_proto::v1 as pb;
-use splitinfer_tests::{default_eval_text, default_model, generate_via, greedy_request, shared_model, workspace_binary};
+use splitinfer_tests::{EdgeProcess, default_eval_text, default_model, generate_via, greedy_request, shared_model};
 
 fn f16_model() -> SplitModel {
     let mut m = SplitModel::load(default_model()).unwrap();
@@ -62,32 +59,10 @@ fn an_f16_cache_takes_half_the_memory_and_keeps_the_logits_close() {
     assert_eq!(b.bytes() * 2, a.bytes(), "an f16 cache holds half the bytes of an f32 one");
 }
 
-struct Edge(Child);
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_edge_serves_an_f16_cache_exactly_as_the_in_process_model_computes_it() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut c = Command::new(workspace_binary("edge-server"));
-    c.args(["--listen", &format!("127.0.0.1:{port}"), "--model", &default_model().display().to_string(), "--kv-cache", "f16"]);
-    let _edge = Edge(c.spawn().unwrap());
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(mut c) = pb::edge_client::EdgeClient::connect(url.clone()).await
-            && c.info(pb::InfoRequest {}).await.is_ok()
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the edge never came up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let edge = EdgeProcess::start(&["--kv-cache", "f16"], &[]).await;
+    let url = edge.url();
     // k = 0: the UE only embeds, so every layer's cache is the edge's. A prompt shorter than a
     // prefill chunk goes in one piece, as in process.
     let prompt = "<|im_start|>user\nWrite a sentence about the sea.<|im_end|>\n<|im_start|>assistant\n";
