@@ -3,12 +3,13 @@
 //! (docs/survive.md, "One long prompt cannot starve the others"). Not a test: it prints numbers.
 //!
 //! ```sh
-//! RAYON_NUM_THREADS=2 cargo run --release -p split-core --example prefill_units -- MODEL.gguf [CHUNK_ROWS]
+//! RAYON_NUM_THREADS=2 cargo run --release -p split-core --example prefill_units -- MODEL.gguf [CHUNK_ROWS [ROWS]]
 //! ```
 //!
-//! Prefills 4,096 synthetic token ids in chunks of CHUNK_ROWS (default 32) through every layer,
-//! a unit at a time (`SplitModel::run_next_block`), and prints for every 1,024th position and the
-//! last chunk: the chunk's time, its units, and their mean, p95 and longest time.
+//! Prefills ROWS (default 4,096) synthetic token ids in chunks of CHUNK_ROWS (default 32) through
+//! every layer, a unit at a time (`SplitModel::run_next_block`), and prints for every 1,024th
+//! position and the last chunk: the chunk's time, its units, and their mean, p95 and longest
+//! time; then the whole prefill's time and rate.
 
 use std::time::Instant;
 
@@ -19,16 +20,18 @@ const ROWS: usize = 4096;
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().context("usage: prefill_units MODEL.gguf [CHUNK_ROWS]")?;
+    let path = args.next().context("usage: prefill_units MODEL.gguf [CHUNK_ROWS [ROWS]]")?;
     let chunk: usize = args.next().map(|s| s.parse()).transpose().context("CHUNK_ROWS must be a number")?.unwrap_or(32).max(1);
+    let rows: usize = args.next().map(|s| s.parse()).transpose().context("ROWS must be a number")?.unwrap_or(ROWS).max(1);
     let model = SplitModel::load(&path)?;
     let vocab = model.config().vocab_size as u32;
-    let ids: Vec<u32> = (0..ROWS as u32).map(|i| (i * 7919) % (vocab - 100) + 100).collect();
+    let ids: Vec<u32> = (0..rows as u32).map(|i| (i * 7919) % (vocab - 100) + 100).collect();
     let x = model.embed(&ids)?;
     let mut cache = KvCache::new(0..model.n_layers());
     let mut done = 0;
-    while done < ROWS {
-        let n = chunk.min(ROWS - done);
+    let whole = Instant::now();
+    while done < rows {
+        let n = chunk.min(rows - done);
         let mut run = model.start_layers(&x.narrow(1, done, n)?, &cache)?;
         let mut units = Vec::new();
         let started = Instant::now();
@@ -41,7 +44,7 @@ fn main() -> Result<()> {
             }
         }
         let total = started.elapsed().as_secs_f64() * 1e3;
-        if done % 1024 == 0 || done + n >= ROWS {
+        if done % 1024 == 0 || done + n >= rows {
             units.sort_by(f64::total_cmp);
             let p95 = units[(units.len() * 95 / 100).min(units.len() - 1)];
             println!(
@@ -53,5 +56,7 @@ fn main() -> Result<()> {
         }
         done += n;
     }
+    let s = whole.elapsed().as_secs_f64();
+    println!("{rows} rows in chunks of {chunk}: {:.1} ms, {:.1} rows/s", s * 1e3, rows as f64 / s);
     Ok(())
 }
