@@ -10,7 +10,9 @@
 mod config;
 mod kv_cache;
 mod layer;
+mod packed;
 mod q4_1;
+mod q5_0;
 mod q8_0;
 #[cfg(test)]
 mod kernel_tests;

@@ -1,7 +1,7 @@
-//! Helpers shared by the unit tests of our quantized kernels (`q4_1`, `q8_0`).
+//! Helpers shared by the unit tests of our quantized kernels (`q4_1`, `q5_0`, `q8_0`).
 
-use candle_core::quantized::QMatMul;
-use candle_core::{Module, Tensor};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
 
 /// Deterministic values with a spread of magnitudes per block of 32, including whole zero blocks.
 pub(super) fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -25,4 +25,39 @@ pub(super) fn assert_row_is_candles(reference: &QMatMul, x: &Tensor, got: &Tenso
     assert_eq!(want.len(), row.len(), "{what}: row {r} has the wrong width");
     let same = want.iter().zip(&row).all(|(a, b)| a.to_bits() == b.to_bits());
     assert!(same, "{what}: row {r} differs from candle's");
+}
+
+/// Asserts that `matmul` (a packed kernel on `q`'s weights) gives every row of random
+/// activations exactly candle's bits, for each `(n, k, m)`: an `[n, k]` matrix of `dtype`, `m`
+/// rows.
+pub(super) fn assert_kernel_is_candles(dtype: GgmlDType, shapes: &[(usize, usize, usize)], matmul: impl Fn(&QTensor, &Tensor) -> Tensor) {
+    let dev = Device::Cpu;
+    for &(n, k, m) in shapes {
+        let w = Tensor::from_vec(values(n * k, n as u64), (n, k), &dev).unwrap();
+        let q = QTensor::quantize(&w, dtype).unwrap();
+        let x = Tensor::from_vec(values(m * k, 7 + k as u64), (m, 1, k), &dev).unwrap();
+        let got = matmul(&q, &x);
+        let reference = QMatMul::from_qtensor(q).unwrap();
+        assert_eq!(got.dims(), [m, 1, n]);
+        for r in 0..m {
+            assert_row_is_candles(&reference, &x, &got, r, &format!("n={n} k={k} m={m}"));
+        }
+    }
+}
+
+/// Asserts that `matmul` gives candle's bits for the weights `w` (`[n, k]`, quantized to
+/// `dtype`) on a row of activations that all quantize to +127 and on one of −127, and that every
+/// output is large (|v| > 100), so the case does reach the kernel's largest partial sums.
+pub(super) fn assert_extremes_are_candles(dtype: GgmlDType, w: Vec<f32>, (n, k): (usize, usize), what: &str, matmul: impl Fn(&QTensor, &Tensor) -> Tensor) {
+    let dev = Device::Cpu;
+    let q = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), dtype).unwrap();
+    let xs = [1.0f32, -1.0].map(|sign| Tensor::from_vec(vec![3.5 * sign; k], (1, 1, k), &dev).unwrap());
+    let gots = xs.clone().map(|x| matmul(&q, &x).flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let reference = QMatMul::from_qtensor(q).unwrap();
+    for (x, got) in xs.iter().zip(gots) {
+        let sign = x.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0].signum();
+        let want = reference.forward(x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(want.iter().all(|v| v.abs() > 100.0), "{what}: the case is not extreme: {want:?}");
+        assert_eq!(want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{what}, sign {sign}");
+    }
 }

@@ -7,6 +7,7 @@ use candle_core::{DType, Module, Storage, Tensor};
 use super::ModelConfig;
 use super::kv_cache::{KvCache, LayerKv};
 use super::q4_1::PackedQ4_1;
+use super::q5_0::PackedQ5_0;
 use super::rope::RopeTable;
 use crate::adapter::LowRank;
 use crate::error::Result;
@@ -36,15 +37,20 @@ pub(crate) struct Linear {
 #[derive(Debug, Clone)]
 pub(crate) enum Weight {
     /// Q4_1, regrouped for [`PackedQ4_1`]; candle's copy is not kept.
-    Packed(PackedQ4_1),
+    PackedQ4_1(PackedQ4_1),
+    /// Q5_0, regrouped for [`PackedQ5_0`]; candle's copy is not kept.
+    PackedQ5_0(PackedQ5_0),
     Candle(QMatMul),
 }
 
 impl Weight {
-    /// Packs a Q4_1 matrix, wraps anything else for candle's kernel.
+    /// Packs a Q4_1 or Q5_0 matrix, wraps anything else for candle's kernel.
     pub fn new(q: QTensor) -> Result<Self> {
-        Ok(match PackedQ4_1::new(&q)? {
-            Some(p) => Self::Packed(p),
+        if let Some(p) = PackedQ4_1::new(&q)? {
+            return Ok(Self::PackedQ4_1(p));
+        }
+        Ok(match PackedQ5_0::new(&q)? {
+            Some(p) => Self::PackedQ5_0(p),
             None => Self::Candle(QMatMul::from_qtensor(q)?),
         })
     }
@@ -52,7 +58,8 @@ impl Weight {
     /// `x` (`[..., k]`) times the transposed weight, one row as a one-row product would give it.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match self {
-            Self::Packed(p) => p.matmul(x),
+            Self::PackedQ4_1(p) => p.matmul(x),
+            Self::PackedQ5_0(p) => p.matmul(x),
             Self::Candle(w) => Ok(w.forward(x)?),
         }
     }
@@ -88,7 +95,8 @@ impl Linear {
     /// take candle's kernel (see [`matmul_rows`]).
     pub fn forward_rows(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
-            Weight::Packed(p) => p.matmul(x)?,
+            Weight::PackedQ4_1(p) => p.matmul(x)?,
+            Weight::PackedQ5_0(p) => p.matmul(x)?,
             Weight::Candle(w) => matmul_rows(w, x)?,
         };
         self.finish(x, y)

@@ -18,21 +18,13 @@
 //! Where AVX2 and F16C are not enabled at compile time a portable version of the same loop runs; it is
 //! exact too, and tested against candle on every machine.
 
-use std::sync::Mutex;
-
+use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
 use half::f16;
 
+use super::packed::{ActPairs, BLOCK, LANES, PAIRS, apply, by_groups, msg, packable, rows_by_four};
 use crate::error::Result;
 
-/// Columns computed together: one 256-bit vector of 16-bit lanes.
-const LANES: usize = 16;
-/// Values per Q4_1 and Q8_1 block.
-const BLOCK: usize = 32;
-/// Pairs of quant bytes per block and column: byte `j` of a Q4_1 block holds values `j` (low
-/// nibble) and `j + 16` (high nibble); pair `p` is bytes `2p` and `2p + 1`.
-const PAIRS: usize = 8;
 /// Packed quant bytes of one block of one column group.
 const GROUP_BLOCK_BYTES: usize = PAIRS * LANES * 2;
 /// Bytes of a Q4_1 block (`d: f16, m: f16, qs: [u8; 16]`) and of a Q8_1 block
@@ -55,40 +47,21 @@ pub struct PackedQ4_1 {
     quants: Vec<u8>,
 }
 
-/// One activation block, quantized by candle to Q8_1, arranged for the kernel: `lo[p]` holds
-/// activations `2p` and `2p + 1` (which multiply the low nibbles of pair `p`) in its low and
-/// high byte, `hi[p]` activations `2p + 16` and `2p + 17` (the high nibbles).
+/// One activation block, quantized by candle to Q8_1: its scale `d`, `s` (`d` times the sum of
+/// its values) and its values arranged for the kernel.
 #[derive(Clone, Copy)]
 struct ActBlock {
     d: f32,
     s: f32,
-    lo: [i16; PAIRS],
-    hi: [i16; PAIRS],
-}
-
-impl ActBlock {
-    /// Activation `j` of the block (`0..32`).
-    #[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "f16c"), allow(dead_code))]
-    fn value(&self, j: usize) -> i32 {
-        let pair = if j < 16 { self.lo[j / 2] } else { self.hi[(j - 16) / 2] };
-        let [first, second] = pair.to_le_bytes();
-        i32::from(if j.is_multiple_of(2) { first } else { second } as i8)
-    }
+    q: ActPairs,
 }
 
 impl PackedQ4_1 {
     /// Regroups `w` (`[n, k]`), or `None` if it is not a CPU Q4_1 matrix whose columns fill
     /// whole groups.
     pub fn new(w: &QTensor) -> Result<Option<Self>> {
-        let Ok((n, k)) = w.shape().dims2() else { return Ok(None) };
-        if w.dtype() != GgmlDType::Q4_1 || !w.device().is_cpu() || n % LANES != 0 || k % BLOCK != 0 {
-            return Ok(None);
-        }
-        let data = w.data()?;
+        let Some((n, k, data)) = packable(w, GgmlDType::Q4_1, Q4_1_BYTES)? else { return Ok(None) };
         let blocks = k / BLOCK;
-        if data.len() != n * blocks * Q4_1_BYTES {
-            return Ok(None);
-        }
         let groups = n / LANES;
         let mut scales = vec![0u16; groups * blocks * 2 * LANES];
         let mut quants = vec![0u8; groups * blocks * GROUP_BLOCK_BYTES];
@@ -112,46 +85,11 @@ impl PackedQ4_1 {
     /// `x` (`[..., k]`, f32) times the transposed weights: `[..., n]`, each row equal bit for
     /// bit to candle's `QMatMul::forward` of that row.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let k = *dims.last().unwrap_or(&0);
-        if k != self.k {
-            return Err(msg(format!("packed q4_1 matmul: input {dims:?} does not end in {}", self.k)));
-        }
-        let m = x.elem_count() / k;
-        let blocks = k / BLOCK;
-        let acts = quantize_rows(x, m, k)?;
-        let groups = self.n / LANES;
-        // Groups are split over candle's own thread pool; each range returns its outputs.
-        let parts: Mutex<Vec<(usize, Vec<f32>)>> = Mutex::new(Vec::new());
-        candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
-            let mut out = vec![0f32; range.len() * m * LANES];
-            for (i, g) in range.clone().enumerate() {
-                self.group(g, &acts, m, blocks, &mut out[i * m * LANES..][..m * LANES]);
-            }
-            if let Ok(mut p) = parts.lock() {
-                p.push((range.start, out));
-            }
-        });
-        let parts = parts.into_inner().map_err(|_| msg("packed q4_1 matmul: a worker panicked".into()))?;
-        let mut dst = vec![0f32; m * self.n];
-        let mut filled = 0;
-        for (start, out) in parts {
-            for (i, group) in out.chunks_exact(m * LANES).enumerate() {
-                let col = (start + i) * LANES;
-                for (r, lanes) in group.chunks_exact(LANES).enumerate() {
-                    dst[r * self.n + col..][..LANES].copy_from_slice(lanes);
-                }
-                filled += 1;
-            }
-        }
-        if filled != groups {
-            return Err(msg(format!("packed q4_1 matmul: {filled} of {groups} column groups computed")));
-        }
-        let mut out_dims = dims;
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.n;
-        }
-        Ok(Tensor::from_vec(dst, out_dims, &Device::Cpu)?)
+        let blocks = self.k / BLOCK;
+        apply(x, self.n, self.k, "packed q4_1 matmul", |m| {
+            let acts = quantize_rows(x, m, self.k)?;
+            by_groups(self.n, m, "packed q4_1 matmul", |g, out| self.group(g, &acts, m, blocks, out))
+        })
     }
 
     /// Outputs of column group `g` for every row: `out[r * LANES + c]`. Rows go four at a time
@@ -160,18 +98,7 @@ impl PackedQ4_1 {
         let scales = &self.scales[g * blocks * 2 * LANES..][..blocks * 2 * LANES];
         let quants = &self.quants[g * blocks * GROUP_BLOCK_BYTES..][..blocks * GROUP_BLOCK_BYTES];
         let row = |r: usize| &acts[r * blocks..][..blocks];
-        let mut r = 0;
-        while r + 4 <= m {
-            let sums = rows::<4>(scales, quants, std::array::from_fn(|i| row(r + i)));
-            for (i, s) in sums.iter().enumerate() {
-                out[(r + i) * LANES..][..LANES].copy_from_slice(s);
-            }
-            r += 4;
-        }
-        for r in r..m {
-            let [s] = rows::<1>(scales, quants, [row(r)]);
-            out[r * LANES..][..LANES].copy_from_slice(&s);
-        }
+        rows_by_four(m, out, |r| rows::<4>(scales, quants, std::array::from_fn(|i| row(r + i))), |r| rows::<1>(scales, quants, [row(r)])[0]);
     }
 }
 
@@ -199,8 +126,8 @@ fn rows<const R: usize>(scales: &[u16], quants: &[u8], ys: [&[ActBlock]; R]) -> 
                 let wh = _mm256_and_si256(_mm256_srli_epi16::<4>(x), nibble);
                 for i in 0..R {
                     let y = &ys[i][b];
-                    lo[i] = _mm256_add_epi16(lo[i], _mm256_maddubs_epi16(wl, _mm256_set1_epi16(y.lo[p])));
-                    hi[i] = _mm256_add_epi16(hi[i], _mm256_maddubs_epi16(wh, _mm256_set1_epi16(y.hi[p])));
+                    lo[i] = _mm256_add_epi16(lo[i], _mm256_maddubs_epi16(wl, _mm256_set1_epi16(y.q.lo[p])));
+                    hi[i] = _mm256_add_epi16(hi[i], _mm256_maddubs_epi16(wh, _mm256_set1_epi16(y.q.hi[p])));
                 }
             }
             // f16 → f32 is exact, so these are the values candle's `f16::to_f32` gives.
@@ -259,7 +186,7 @@ fn rows_portable<const R: usize>(scales: &[u16], quants: &[u8], ys: [&[ActBlock]
                     for half in 0..2 {
                         let byte = i32::from(q[(p * LANES + c) * 2 + half]);
                         let j = 2 * p + half;
-                        sumi += (byte & 0x0F) * y.value(j) + (byte >> 4) * y.value(j + 16);
+                        sumi += (byte & 0x0F) * y.q.value(j) + (byte >> 4) * y.q.value(j + 16);
                     }
                 }
                 sums[i][c] += sumi as f32 * d[c] * y.d + mins[c] * y.s;
@@ -280,63 +207,39 @@ fn quantize_rows(x: &Tensor, m: usize, k: usize) -> Result<Vec<ActBlock>> {
         .chunks_exact(Q8_1_BYTES)
         .map(|b| {
             let qs = &b[4..];
-            let pair = |j: usize| i16::from_le_bytes([qs[j], qs[j + 1]]);
             ActBlock {
                 d: f16::from_ne_bytes([b[0], b[1]]).to_f32(),
                 s: f16::from_ne_bytes([b[2], b[3]]).to_f32(),
-                lo: std::array::from_fn(|p| pair(2 * p)),
-                hi: std::array::from_fn(|p| pair(16 + 2 * p)),
+                q: ActPairs::new(qs),
             }
         })
         .collect())
 }
 
-fn msg(text: String) -> crate::Error {
-    candle_core::Error::Msg(text).into()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::kernel_tests::{assert_row_is_candles, values};
+    use super::super::kernel_tests::{assert_extremes_are_candles, assert_kernel_is_candles, values};
     use super::*;
-    use candle_core::Module;
+    use candle_core::{Device, Module};
     use candle_core::quantized::QMatMul;
+
+    fn packed(q: &QTensor, x: &Tensor) -> Tensor {
+        PackedQ4_1::new(q).unwrap().expect("a q4_1 matrix packs").matmul(x).unwrap()
+    }
 
     #[test]
     fn equals_candles_kernel_bit_for_bit() {
-        let dev = Device::Cpu;
-        for (n, k, m) in [(16, 32, 1), (48, 64, 3), (192, 576, 16), (64, 1536, 21), (32, 96, 6)] {
-            let w = Tensor::from_vec(values(n * k, n as u64), (n, k), &dev).unwrap();
-            let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
-            let packed = PackedQ4_1::new(&q).unwrap().expect("a q4_1 matrix packs");
-            let reference = QMatMul::from_qtensor(q).unwrap();
-            let x = Tensor::from_vec(values(m * k, 7 + k as u64), (m, 1, k), &dev).unwrap();
-            let got = packed.matmul(&x).unwrap();
-            assert_eq!(got.dims(), [m, 1, n]);
-            for r in 0..m {
-                assert_row_is_candles(&reference, &x, &got, r, &format!("n={n} k={k} m={m}"));
-            }
-        }
+        assert_kernel_is_candles(GgmlDType::Q4_1, &[(16, 32, 1), (48, 64, 3), (192, 576, 16), (64, 1536, 21), (32, 96, 6)], packed);
     }
 
     /// The largest 16-bit partial sums: every weight at nibble 15 against activations that all
     /// quantize to +127 or all to -127.
     #[test]
     fn extreme_values_do_not_overflow() {
-        let dev = Device::Cpu;
         let (n, k) = (32, 256);
         // Each block spans [-1, 1] with one value at the minimum, so the others are at nibble 15.
         let w: Vec<f32> = (0..n * k).map(|i| if i % BLOCK == 0 { -1.0 } else { 1.0 }).collect();
-        let q = QTensor::quantize(&Tensor::from_vec(w, (n, k), &dev).unwrap(), GgmlDType::Q4_1).unwrap();
-        let packed = PackedQ4_1::new(&q).unwrap().expect("a q4_1 matrix packs");
-        let reference = QMatMul::from_qtensor(q).unwrap();
-        for sign in [1.0f32, -1.0] {
-            let x = Tensor::from_vec(vec![3.5 * sign; k], (1, 1, k), &dev).unwrap();
-            let want = reference.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let got = packed.matmul(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(want.iter().all(|v| v.abs() > 100.0), "the case is not extreme: {want:?}");
-            assert_eq!(want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "sign {sign}");
-        }
+        assert_extremes_are_candles(GgmlDType::Q4_1, w, (n, k), "all at nibble 15", packed);
     }
 
     /// The version without intrinsics (other CPUs) gives candle's bits too.
