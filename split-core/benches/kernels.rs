@@ -7,6 +7,8 @@
 //!
 //! - `q4_1/*`: a SmolLM2-135M projection (random Q4_1 weights of the model's shapes) on 1 and 4
 //!   activation rows, candle's kernel against ours ([`PackedQ4_1`], same bits);
+//! - `q5_0/*`: the same for two Qwen2.5-Coder-0.5B projections (random Q5_0 weights of its
+//!   shapes) and [`PackedQ5_0`];
 //! - `head_q8_0`: the tied Q8_0 LM head (49,152 × 576) on one row, candle's kernel;
 //! - `wire/*`: a hidden state to wire bytes and back, decode (1 × 576) and prefill (512 × 576)
 //!   sized, f32 and f16;
@@ -21,7 +23,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use split_core::channel::{Channel, ChannelConfig};
-use split_core::model::PackedQ4_1;
+use split_core::model::{PackedQ4_1, PackedQ5_0};
 use split_core::wire::{WireDType, WireTensor};
 
 /// Deterministic values in [-0.5, 0.5).
@@ -42,21 +44,34 @@ fn matrix(n: usize, k: usize, dtype: GgmlDType) -> QTensor {
     QTensor::quantize(&w, dtype).unwrap()
 }
 
-fn q4_1(c: &mut Criterion) {
-    let mut group = c.benchmark_group("q4_1");
-    // (name, n = output columns, k = inner): SmolLM2-135M's gate/up and down projections.
-    for (name, n, k) in [("gate_1536x576", 1536, 576), ("down_576x1536", 576, 1536)] {
-        let q = matrix(n, k, GgmlDType::Q4_1);
-        let packed = PackedQ4_1::new(&q).unwrap().expect("q4_1 packs");
+/// A packed kernel against candle's on the same random matrices of `dtype`, on 1 and 4 rows:
+/// `shapes` are (name, n = output columns, k = inner).
+fn against_candle<P>(c: &mut Criterion, group: &str, dtype: GgmlDType, shapes: &[(&str, usize, usize)], pack: impl Fn(&QTensor) -> P, matmul: impl Fn(&P, &Tensor) -> Tensor) {
+    let mut group = c.benchmark_group(group);
+    for &(name, n, k) in shapes {
+        let q = matrix(n, k, dtype);
+        let packed = pack(&q);
         let candle = QMatMul::from_qtensor(q).unwrap();
         for rows in [1usize, 4] {
             let x = Tensor::from_vec(values(rows * k, 7), (rows, 1, k), &Device::Cpu).unwrap();
             group.throughput(Throughput::Elements((rows * n * k) as u64));
             group.bench_with_input(BenchmarkId::new(format!("{name}/candle"), rows), &x, |b, x| b.iter(|| candle.forward(black_box(x)).unwrap()));
-            group.bench_with_input(BenchmarkId::new(format!("{name}/packed"), rows), &x, |b, x| b.iter(|| packed.matmul(black_box(x)).unwrap()));
+            group.bench_with_input(BenchmarkId::new(format!("{name}/packed"), rows), &x, |b, x| b.iter(|| matmul(&packed, black_box(x))));
         }
     }
     group.finish();
+}
+
+fn q4_1(c: &mut Criterion) {
+    // SmolLM2-135M's gate/up and down projections.
+    let shapes = [("gate_1536x576", 1536, 576), ("down_576x1536", 576, 1536)];
+    against_candle(c, "q4_1", GgmlDType::Q4_1, &shapes, |q| PackedQ4_1::new(q).unwrap().expect("q4_1 packs"), |p, x| p.matmul(x).unwrap());
+}
+
+fn q5_0(c: &mut Criterion) {
+    // Qwen2.5-Coder-0.5B's gate/up projection and its q/o projection.
+    let shapes = [("gate_4864x896", 4864, 896), ("q_896x896", 896, 896)];
+    against_candle(c, "q5_0", GgmlDType::Q5_0, &shapes, |q| PackedQ5_0::new(q).unwrap().expect("q5_0 packs"), |p, x| p.matmul(x).unwrap());
 }
 
 fn head(c: &mut Criterion) {
@@ -98,5 +113,5 @@ fn channel(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, q4_1, head, wire, channel);
+criterion_group!(benches, q4_1, q5_0, head, wire, channel);
 criterion_main!(benches);

@@ -30,6 +30,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 pub use config::{Architecture, ModelConfig};
 pub use kv_cache::{KvCache, LayerKv};
 pub use q4_1::PackedQ4_1;
+pub use q5_0::PackedQ5_0;
 use layer::{Attention, ChunkAttention, DecoderLayer, Linear, RmsNorm};
 use rope::RopeTable;
 
