@@ -146,14 +146,16 @@ impl SessionTask {
             hidden_size: c.hidden_size,
             position: opened.position,
             resume_secret: opened.secret.clone(),
+            // The edge's own timings of that step; the link's delays of its lost answer are
+            // unknown, so they stay zero.
             last_token: opened.last_token.map(|t| Token {
                 position: t.position,
                 id: t.id,
                 logprob: t.logprob,
                 eos: t.eos,
-                batch: 1,
-                edge_queue: std::time::Duration::ZERO,
-                edge_compute: std::time::Duration::ZERO,
+                batch: t.batch,
+                edge_queue: t.queue,
+                edge_compute: t.compute,
                 uplink_delay: std::time::Duration::ZERO,
                 downlink_delay: std::time::Duration::ZERO,
             }),

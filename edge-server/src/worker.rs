@@ -81,17 +81,9 @@ pub struct Opened {
     pub position: usize,
     /// What a resume of this session must present.
     pub secret: String,
-    /// On a resume: the token of the last completed step (at `position`), if any.
-    pub last_token: Option<LastToken>,
-}
-
-/// The token of a session's last completed step, kept for a resume whose stream lost it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LastToken {
-    pub position: usize,
-    pub id: u32,
-    pub logprob: f32,
-    pub eos: bool,
+    /// On a resume: the token of the last completed step (at `position`), if any, with the
+    /// timings measured when it was computed.
+    pub last_token: Option<TokenOut>,
 }
 
 #[derive(Debug)]
@@ -406,7 +398,8 @@ struct Session {
     /// Compared in constant time with a resume's.
     secret: String,
     sampling: SamplingConfig,
-    last_token: Option<LastToken>,
+    /// The token of the last completed step, kept for a resume whose stream lost it.
+    last_token: Option<TokenOut>,
     /// A scoring session: its windows each run from an empty cache of their own.
     scoring: bool,
 }
@@ -488,7 +481,6 @@ fn sample(sess: &mut Session, model: &LoadedModel, logits: &[f32]) -> Result<(u3
     sess.generated += 1;
     let eos = model.tokenizer.is_eos(sampled.id);
     sess.finished = (eos && !sess.ignore_eos) || sess.generated >= sess.max_new_tokens;
-    sess.last_token = Some(LastToken { position: sess.cache.position(), id: sampled.id, logprob: sampled.logprob, eos });
     Ok((sampled.id, sampled.logprob, eos))
 }
 

@@ -391,6 +391,8 @@ async fn a_broken_stream_resumes_where_it_stopped() {
                 assert_eq!(o.position, 5, "the resumed session continues at position 5");
                 let last = o.last_token.expect("the token of the last completed step, for a UE that lost it");
                 assert_eq!((last.position, last.id), (5, got1), "{last:?}");
+                // With the edge's timings of that step, as it measured them.
+                assert!(last.edge_compute_us > 0 && last.batch >= 1, "{last:?}");
                 break (tx2, inbound);
             }
             Err(s) if s.code() == tonic::Code::FailedPrecondition && std::time::Instant::now() < deadline => {

@@ -116,10 +116,13 @@ impl State {
         };
         let compute = started.elapsed();
         tracing::debug!(batch = n, compute_us = compute.as_micros() as u64, "batched decode step");
-        for ((w, sess), result) in members.into_iter().zip(results) {
+        for ((w, mut sess), result) in members.into_iter().zip(results) {
             let queue = started.saturating_duration_since(w.input.enqueued);
-            let out = result.map(|(position, id, logprob, eos)| Some(TokenOut { position, id, logprob, queue, compute, eos, batch: n }));
-            let _ = w.reply.send(out);
+            let out = result.map(|(position, id, logprob, eos)| TokenOut { position, id, logprob, queue, compute, eos, batch: n });
+            if let Ok(t) = &out {
+                sess.last_token = Some(*t);
+            }
+            let _ = w.reply.send(out.map(Some));
             self.sessions.insert(w.input.session, sess);
         }
     }

@@ -125,6 +125,8 @@ impl State {
         }
         let logits = model.head_last(run.output())?.to_vec1::<f32>()?;
         let (id, logprob, eos) = sample(sess, &self.model, &logits)?;
-        Ok(Some(Some(TokenOut { position: end, id, logprob, queue: p.queue, compute: p.started.elapsed(), eos, batch: 1 })))
+        let out = TokenOut { position: end, id, logprob, queue: p.queue, compute: p.started.elapsed(), eos, batch: 1 };
+        sess.last_token = Some(out);
+        Ok(Some(Some(out)))
     }
 }
