@@ -116,8 +116,11 @@ pub fn run(args: PrivacyArgs) -> Result<()> {
     Ok(())
 }
 
-/// (window, k, rows, nearest hits, probe hits) already in `csv`.
-fn read_rows(csv: &std::path::Path) -> Result<Vec<(usize, usize, usize, usize, usize)>> {
+/// One row of the CSV: (window, k, rows, nearest hits, probe hits).
+type Row = (usize, usize, usize, usize, usize);
+
+/// The rows already in `csv`.
+fn read_rows(csv: &std::path::Path) -> Result<Vec<Row>> {
     if !csv.is_file() {
         return Ok(Vec::new());
     }

@@ -253,6 +253,9 @@ fn context(o: &Objective, s: State) -> (usize, usize) {
     (bin, n)
 }
 
+/// Called at a checkpoint with the real evaluations so far and the greedy policy (state → action).
+pub type Checkpoint<'a> = dyn FnMut(usize, &dyn Fn(State) -> usize) -> Result<()> + 'a;
+
 /// Thompson sampling per context over every action, on the training stream, paid by `source`:
 /// each action's mean reward has the Gaussian posterior N(mean, s²/n), with `s` the pooled spread
 /// of the context's rewards around their actions' means; an untried action goes first. Calls
@@ -263,7 +266,7 @@ pub fn thompson(
     source: &mut dyn NllSource,
     seed: u64,
     checkpoints: &[usize],
-    checkpoint: &mut dyn FnMut(usize, &dyn Fn(State) -> usize) -> Result<()>,
+    checkpoint: &mut Checkpoint<'_>,
 ) -> Result<()> {
     use rand_distr::{Distribution, StandardNormal};
     let o = costs.o;

@@ -65,17 +65,21 @@ impl Server {
         assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
     }
 
-    /// Waits until the server answers Edge/Info (the emulator forwards it to its edge).
-    async fn ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(mut c) = pb::edge_client::EdgeClient::connect(self.url()).await
-                && c.info(pb::InfoRequest {}).await.is_ok()
-            {
-                return;
+    /// Waits until the server answers Edge/Info (the emulator forwards it to its edge). The
+    /// future holds no borrow of the server, so a shared one is not kept locked meanwhile.
+    fn ready(&self) -> impl Future<Output = ()> + use<> {
+        let (name, port, url) = (self.name, self.port, self.url());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(mut c) = pb::edge_client::EdgeClient::connect(url.clone()).await
+                    && c.info(pb::InfoRequest {}).await.is_ok()
+                {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{name} on port {port} never came up");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            assert!(Instant::now() < deadline, "{} on port {} never came up", self.name, self.port);
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
@@ -137,9 +141,10 @@ async fn a_killed_emulator_restarted_on_its_port_is_resumed_through() {
     let edge = Server::edge(free_port(), &[]);
     let emu = shared(Server::emulator(free_port(), edge.port));
     edge.ready().await;
-    emu.lock().unwrap().ready().await;
+    let ready = emu.lock().unwrap().ready();
+    ready.await;
     let url = emu.lock().unwrap().url();
-    let want = reference(&[url.clone()]).await;
+    let want = reference(std::slice::from_ref(&url)).await;
     let e = emu.clone();
     let report = generate(&[url], recovery(), move || {
         let mut e = e.lock().unwrap();
@@ -175,7 +180,8 @@ async fn a_killed_edge_restarted_behind_the_emulator_is_replayed_into() {
 async fn a_killed_edge_fails_over_to_the_next_one() {
     let a = shared(Server::edge(free_port(), &[]));
     let b = Server::edge(free_port(), &[]);
-    a.lock().unwrap().ready().await;
+    let ready = a.lock().unwrap().ready();
+    ready.await;
     b.ready().await;
     let urls = [a.lock().unwrap().url(), b.url()];
     let want = reference(&urls).await;
@@ -199,9 +205,10 @@ async fn a_resume_after_the_edge_idle_timeout_falls_back_to_replay() {
     let edge = Server::edge(free_port(), &["--idle-timeout-ms", "300"]);
     let emu = shared(Server::emulator(free_port(), edge.port));
     edge.ready().await;
-    emu.lock().unwrap().ready().await;
+    let ready = emu.lock().unwrap().ready();
+    ready.await;
     let url = emu.lock().unwrap().url();
-    let want = reference(&[url.clone()]).await;
+    let want = reference(std::slice::from_ref(&url)).await;
     let e = emu.clone();
     let report = generate(&[url], recovery(), move || {
         e.lock().unwrap().kill();
@@ -223,7 +230,8 @@ async fn the_ue_gives_up_with_a_clear_message_after_its_deadline() {
     let edge = Server::edge(free_port(), &[]);
     let emu = shared(Server::emulator(free_port(), edge.port));
     edge.ready().await;
-    emu.lock().unwrap().ready().await;
+    let ready = emu.lock().unwrap().ready();
+    ready.await;
     let url = emu.lock().unwrap().url();
     let e = emu.clone();
     let broke = Arc::new(Mutex::new(None::<Instant>));
@@ -247,7 +255,8 @@ async fn a_frozen_emulator_is_detected_within_the_deadline() {
     let edge = Server::edge(free_port(), &[]);
     let emu = shared(Server::emulator(free_port(), edge.port));
     edge.ready().await;
-    emu.lock().unwrap().ready().await;
+    let ready = emu.lock().unwrap().ready();
+    ready.await;
     let url = emu.lock().unwrap().url();
     let e = emu.clone();
     let frozen = Arc::new(Mutex::new(None::<Instant>));

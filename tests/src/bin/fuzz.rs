@@ -99,7 +99,7 @@ fn run_wire(data: &[u8]) -> Result<(), String> {
     let rows = 1 + data[1] as usize % 4;
     let n = 1 + u16::from_le_bytes([data[2], data[3]]) as usize % 700;
     let mask_len = data[4] as usize % 96;
-    let exact = data[5] % 4 != 0;
+    let exact = !data[5].is_multiple_of(4);
     let rest = &data[6..];
     let (mask, payload) = rest.split_at(mask_len.min(rest.len()));
     let shape = vec![1, rows, n];
@@ -280,7 +280,8 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
-    if !(a.seconds > 0.0) {
+    // Not `<= 0.0`: NaN must be refused too.
+    if a.seconds.is_nan() || a.seconds <= 0.0 {
         return Err("--seconds must be positive".into());
     }
     if let Some(t) = &a.target

@@ -53,7 +53,7 @@ fn parse_args() -> Result<Args, String> {
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }
     }
-    if a.sessions == 0 || a.tokens == 0 || a.alternate_ms == 0 || !(a.minutes > 0.0) || !(a.max_edge_growth_pct > 0.0) {
+    if a.sessions == 0 || a.tokens == 0 || a.alternate_ms == 0 || a.minutes.is_nan() || a.minutes <= 0.0 || a.max_edge_growth_pct.is_nan() || a.max_edge_growth_pct <= 0.0 {
         return Err("--sessions, --tokens, --alternate-ms, --minutes and --max-edge-growth-pct must be positive".into());
     }
     Ok(a)
