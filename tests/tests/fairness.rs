@@ -106,6 +106,15 @@ fn a_4096_row_prefill_does_not_starve_another_ue() {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(prefill_while_another_decodes());
 }
 
+/// `eprintln!` past the test harness's capture: each trial's figures, and why a trial was
+/// measured again, show in the log of a passing run too (`cargo test` hides captured output).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Trials at most; a trial in which the machine itself slowed down is measured again.
 const TRIALS: usize = 3;
 /// The bound on the machine's own speed change within a trial, either way: the p95 of the edge's
@@ -164,7 +173,7 @@ async fn prefill_while_another_decodes() {
             judge(&trial);
             return;
         }
-        eprintln!(
+        say!(
             "fairness: trial {attempt} not judged: the edge's compute for the same single-row step took {slowdown:.2}x (p95) during the window what it took alone, outside 1/{MACHINE_SLOWDOWN}..{MACHINE_SLOWDOWN}x, so the machine changed speed; measuring again"
         );
         slowdowns.push(slowdown);
@@ -213,7 +222,7 @@ async fn measure(prompt: Vec<u32>) -> Trial {
 }
 
 fn report(attempt: usize, t: &Trial) {
-    eprintln!(
+    say!(
         "fairness: trial {attempt}: solo p95 {:.1} ms over {} tokens; during the {LONG_ROWS}-row prefill ({:.1} s) p95 {:.1} ms over {} tokens ({:.2}x); edge compute p95 during/alone {:.2}x; steal {:.1}% of CPU time; edge peak memory +{:.0} MiB",
         t.solo_p95(),
         t.solo.len(),
@@ -225,8 +234,8 @@ fn report(attempt: usize, t: &Trial) {
         t.steal * 100.0,
         t.growth_mib
     );
-    eprintln!("fairness: solo {}", breakdown(&t.solo));
-    eprintln!("fairness: during the prefill {}", breakdown(&t.window));
+    say!("fairness: solo {}", breakdown(&t.solo));
+    say!("fairness: during the prefill {}", breakdown(&t.window));
 }
 
 fn judge(t: &Trial) {
@@ -237,7 +246,7 @@ fn judge(t: &Trial) {
     // went to the prefill (or stood idle), and its share (0.5) keeps that at about half or more.
     let decode_busy_s: f64 = window.iter().map(|(_, p)| p.0[2]).sum::<f64>() / 1e3;
     let prefill_got = 1.0 - decode_busy_s / prefill_s;
-    eprintln!("fairness: the other UE's steps took {decode_busy_s:.1} s of the edge's {prefill_s:.1} s; the prefill got {:.0}%", prefill_got * 100.0);
+    say!("fairness: the other UE's steps took {decode_busy_s:.1} s of the edge's {prefill_s:.1} s; the prefill got {:.0}%", prefill_got * 100.0);
     assert!(prefill_got >= 0.4, "the prefill got {:.0}% of the edge's time while the other UE decoded", prefill_got * 100.0);
     // Its caches are 4,096 rows x 30 layers x 2 x 3 heads x 64 x 4 B = 188 MB; a whole-prompt
     // attention would add 9 heads x 4,096^2 x 4 B = 600 MB per score matrix on top.
