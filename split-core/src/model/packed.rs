@@ -1,9 +1,9 @@
-//! What our packed quantized kernels (`q4_1`, `q5_0`) share: columns in groups of [`LANES`],
-//! the groups shared out over candle's matmul pool, and each group's outputs put back in place.
-
-use std::sync::Mutex;
+//! What our packed quantized kernels (`q4_1`, `q5_0`) share: the block constants, activation
+//! blocks arranged for `maddubs`, the check that a matrix can be packed, columns in groups of
+//! [`LANES`] shared out over candle's matmul pool, and each group's outputs put back in place.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
