@@ -181,6 +181,11 @@ struct GenerateArgs {
     top_p: Option<f32>,
     #[arg(long, default_value_t = 0, env = "SPLITINFER_SEED")]
     seed: u64,
+    /// Decode steps attend the way candle-transformers' llama does (a gemm per head, on one
+    /// thread): its logits bit for bit with an f32 KV cache, and slower at a long context. The
+    /// default attention shares the heads over both cores and sums in another fixed order.
+    #[arg(long, env = "SPLITINFER_REFERENCE_ATTENTION")]
+    reference_attention: bool,
     /// Print one JSON object (text, token ids, timings) instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -412,7 +417,8 @@ fn read_text(text: Option<&Path>) -> Result<(PathBuf, String)> {
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let sampling = SamplingConfig { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     let mut sampler = Sampler::new(sampling)?;
-    let (model, tokenizer) = load(&args.model)?;
+    let (mut model, tokenizer) = load(&args.model)?;
+    model.set_reference_attention(args.reference_attention);
     let prompt = if args.chat {
         format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", args.prompt)
     } else {

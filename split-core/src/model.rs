@@ -7,6 +7,7 @@
 //! over the weights, giving each session the bits it would get alone (`q4_1` holds the kernel
 //! that makes that fast).
 
+mod attention;
 mod config;
 mod kv_cache;
 mod layer;
@@ -51,11 +52,19 @@ pub struct LoadOptions {
     /// the way llama.cpp's CPU path does. Also keeps a dense LM head (up to 256 MB) for heads over
     /// several rows (perplexity), which candle's Q8_0 kernel runs ~4x slower.
     pub dense_prefill: bool,
+    /// Run a decode step's attention the way candle's batched matmul does (a `gemm` per head, on
+    /// the calling thread), which gives bit for bit the logits of candle-transformers' llama, as
+    /// the reference test checks. Off (the default), decode rows take our own attention, its
+    /// heads shared over both cores (several times faster at a long context), whose sums run in
+    /// another fixed order: the logits move by float rounding (docs/performance.md gives the
+    /// measured difference). Either way a session's bits do not depend on batching, threads or
+    /// the split. Prefill chunks always take the `gemm` path.
+    pub reference_attention: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { dense_prefill: true }
+        Self { dense_prefill: true, reference_attention: false }
     }
 }
 
@@ -170,6 +179,7 @@ impl SplitModel {
                 up: loader.linear(&format!("{p}.ffn_up"))?,
                 down: loader.linear(&format!("{p}.ffn_down"))?,
                 kv_dtype: DType::F32,
+                reference_attention: options.reference_attention,
             });
         }
         let final_norm = RmsNorm { weight: loader.dense("output_norm.weight")?, eps };
@@ -223,6 +233,14 @@ impl SplitModel {
             applied += 1;
         }
         Ok(applied)
+    }
+
+    /// Whether decode rows take the reference attention from now on (see
+    /// [`LoadOptions::reference_attention`]).
+    pub fn set_reference_attention(&mut self, on: bool) {
+        for layer in &mut self.layers {
+            layer.reference_attention = on;
+        }
     }
 
     /// Stores keys and values in `dtype` from now on: f32 (the default, exact) or f16 (half the

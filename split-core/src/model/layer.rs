@@ -5,6 +5,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Module, Storage, Tensor};
 
 use super::ModelConfig;
+use super::attention::{DecodeRow, attend_rows};
 use super::kv_cache::{KvCache, LayerKv};
 use super::q4_1::PackedQ4_1;
 use super::q5_0::PackedQ5_0;
@@ -160,8 +161,12 @@ pub(crate) struct DecoderLayer {
     pub up: Linear,
     pub down: Linear,
     /// What the cache stores keys and values in: f32 (exact), or f16 (half the memory, see
-    /// [`attend_one_f16`]).
+    /// [`attention`](super::attention)).
     pub kv_dtype: DType,
+    /// Decode rows' attention through `gemm` as candle's batched matmul runs it (bit for bit
+    /// candle-transformers' llama, serial) instead of [`attend_rows`] (see
+    /// [`super::LoadOptions::reference_attention`]).
+    pub reference_attention: bool,
 }
 
 impl DecoderLayer {
@@ -204,7 +209,7 @@ impl DecoderLayer {
         let kv = cache.append(self.index, self.stored(k)?, self.stored(v)?)?;
         let scale = 1.0 / (hd as f64).sqrt();
         if seq == 1 {
-            let y = attend_one(&q, &kv, nh / nkv, scale)?;
+            let y = self.attend_decode(&[(q, kv)], cfg)?;
             return Ok(Attention::Done((x + self.o.forward(&y)?)?));
         }
         let mask = causal_mask(seq, position, q.device())?;
@@ -234,12 +239,12 @@ impl DecoderLayer {
     pub fn forward_batch(&self, x: &Tensor, cfg: &ModelConfig, rope: &RopeTable, caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let h = self.attn_norm.forward(x)?;
         let (q, k, v) = (self.q.forward_rows(&h)?, self.k.forward_rows(&h)?, self.v.forward_rows(&h)?);
-        let mut ys = Vec::with_capacity(caches.len());
+        let mut rows = Vec::with_capacity(caches.len());
         for (i, cache) in caches.iter_mut().enumerate() {
             let row = |t: &Tensor| t.narrow(0, i, 1);
-            ys.push(self.attend(row(&q)?, row(&k)?, row(&v)?, cfg, rope, cache)?);
+            rows.push(self.rope_and_append(row(&q)?, row(&k)?, row(&v)?, cfg, rope, cache)?);
         }
-        let attn = self.o.forward_rows(&Tensor::cat(&ys, 0)?)?;
+        let attn = self.o.forward_rows(&self.attend_decode(&rows, cfg)?)?;
         let x = (x + attn)?;
         let h = self.ffn_norm.forward(&x)?;
         let gated = (candle_nn::ops::silu(&self.gate.forward_rows(&h)?)? * self.up.forward_rows(&h)?)?;
@@ -247,9 +252,10 @@ impl DecoderLayer {
         Ok((x + mlp)?)
     }
 
-    /// Rope, cache append and attention of one session's decode row, from its projections `q`,
-    /// `k`, `v` (`[1, 1, heads · head_dim]`) to the input of the output projection.
-    fn attend(&self, q: Tensor, k: Tensor, v: Tensor, cfg: &ModelConfig, rope: &RopeTable, cache: &mut KvCache) -> Result<Tensor> {
+    /// Rope and cache append of one session's decode row, from its projections `q`, `k`, `v`
+    /// (`[1, 1, heads · head_dim]`): the roped query heads (`[1, heads, 1, head_dim]`) and the
+    /// session's keys and values with the row's own.
+    fn rope_and_append(&self, q: Tensor, k: Tensor, v: Tensor, cfg: &ModelConfig, rope: &RopeTable, cache: &mut KvCache) -> Result<(Tensor, LayerKv)> {
         let (b, seq, _) = q.dims3()?;
         if (b, seq) != (1, 1) {
             return Err(candle_core::Error::Msg(format!("a batched decode row of shape {:?}", q.dims())).into());
@@ -260,8 +266,23 @@ impl DecoderLayer {
         let q = rope.apply(&heads(q, nh)?, position)?;
         let k = rope.apply(&heads(k, nkv)?, position)?;
         let v = heads(v, nkv)?.contiguous()?;
-        let kv = cache.append(self.index, self.stored(k)?, self.stored(v)?)?;
-        attend_one(&q, &kv, nh / nkv, 1.0 / (hd as f64).sqrt())
+        Ok((q, cache.append(self.index, self.stored(k)?, self.stored(v)?)?))
+    }
+
+    /// The attention of decode rows, one per session (its roped query heads `[1, heads, 1,
+    /// head_dim]` and its cache with the row's own keys and values): `[rows, 1, heads ·
+    /// head_dim]`, the input of the output projection.
+    fn attend_decode(&self, rows: &[(Tensor, LayerKv)], cfg: &ModelConfig) -> Result<Tensor> {
+        let (nh, hd, n_rep) = (cfg.n_heads, cfg.head_dim, cfg.n_heads / cfg.n_kv_heads);
+        let y = if self.reference_attention && self.kv_dtype == DType::F32 {
+            let ys = rows.iter().map(|(q, kv)| attend_one(q, kv, n_rep, 1.0 / (hd as f64).sqrt())).collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&ys, 0)?
+        } else {
+            let qs = rows.iter().map(|(q, _)| Ok(q.flatten_all()?.to_vec1::<f32>()?)).collect::<Result<Vec<_>>>()?;
+            let rows: Vec<DecodeRow> = qs.iter().zip(rows).map(|(q, (_, kv))| DecodeRow { q, kv }).collect();
+            Tensor::from_vec(attend_rows(&rows, nh, n_rep, hd)?, (rows.len(), 1, nh * hd), &candle_core::Device::Cpu)?
+        };
+        Ok(y)
     }
 
     /// New keys or values in the cache's type.
@@ -343,96 +364,12 @@ impl ChunkAttention {
 /// of the cache, so every score and output is the same. The scale and softmax are candle's ops on
 /// the same `[1, heads, 1, t]` tensor.
 fn attend_one(q: &Tensor, kv: &LayerKv, n_rep: usize, scale: f64) -> Result<Tensor> {
-    if kv.k.dtype() == DType::F16 {
-        return attend_one_f16(q, kv, n_rep, scale);
-    }
     let (_, heads, _, dim) = q.dims4()?;
     let t = kv.k.dim(2)?;
     let scores = Tensor::from_vec(per_head_gemm(q, &kv.k, n_rep, true, t, 0..heads)?, (1, heads, 1, t), q.device())?;
     let probs = candle_nn::ops::softmax_last_dim(&(scores * scale)?)?;
     let y = per_head_gemm(&probs, &kv.v, n_rep, false, dim, 0..heads)?;
     Ok(Tensor::from_vec(y, (1, 1, heads * dim), q.device())?)
-}
-
-/// [`attend_one`] over a cache held in f16 (`--kv-cache f16`): the scores, softmax and weighted
-/// sum in f32, in the same order for every call. Each cached row is widened once, into a small
-/// buffer, and used by the `n_rep` query heads that read its kv head; nothing the size of the
-/// cache is widened. Not bit-identical to the f32 cache: keys and values are rounded to f16
-/// when stored, and the products are summed in eight lanes (docs/performance.md gives the
-/// perplexity cost).
-fn attend_one_f16(q: &Tensor, kv: &LayerKv, n_rep: usize, scale: f64) -> Result<Tensor> {
-    use half::slice::HalfFloatSliceExt;
-    let (_, heads, _, dim) = q.dims4()?;
-    let (_, kv_heads, t, d) = kv.k.dims4()?;
-    if d != dim || heads != kv_heads * n_rep || kv.v.dims4()? != (1, kv_heads, t, d) {
-        return Err(candle_core::Error::Msg(format!("attention: q {:?} against an f16 cache {:?}", q.dims(), kv.k.dims())).into());
-    }
-    let q: Vec<f32> = q.flatten_all()?.to_vec1()?;
-    let (ks, kl) = kv.k.storage_and_layout();
-    let (vs, vl) = kv.v.storage_and_layout();
-    let (Storage::Cpu(kc), Storage::Cpu(vc)) = (&*ks, &*vs) else {
-        return Err(candle_core::Error::Msg("attention runs on the cpu only".into()).into());
-    };
-    let (kd, vd) = (kc.as_slice::<half::f16>()?, vc.as_slice::<half::f16>()?);
-    // Row `j` of kv head `g` starts at `start + g·s1 + j·s2` and its `d` values are adjacent.
-    let row_at = |l: &candle_core::Layout, data_len: usize| -> Result<(usize, usize, usize)> {
-        let s = l.stride();
-        let last = l.start_offset() + s[1] * kv_heads.saturating_sub(1) + s[2] * t.saturating_sub(1) + d;
-        if s[3] != 1 || last > data_len {
-            return Err(candle_core::Error::Msg(format!("attention: an f16 cache view {:?} with strides {s:?}", l.dims())).into());
-        }
-        Ok((l.start_offset(), s[1], s[2]))
-    };
-    let (k0, k1, k2) = row_at(kl, kd.len())?;
-    let (v0, v1, v2) = row_at(vl, vd.len())?;
-    let scale = scale as f32;
-    let mut out = vec![0f32; heads * dim];
-    let mut scores = vec![0f32; n_rep * t];
-    let mut row = vec![0f32; d];
-    for g in 0..kv_heads {
-        let qg = &q[g * n_rep * dim..][..n_rep * dim];
-        for j in 0..t {
-            kd[k0 + g * k1 + j * k2..][..d].convert_to_f32_slice(&mut row);
-            for r in 0..n_rep {
-                scores[r * t + j] = dot(&qg[r * dim..][..dim], &row) * scale;
-            }
-        }
-        for p in scores.chunks_exact_mut(t) {
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in p.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            for x in p.iter_mut() {
-                *x /= sum;
-            }
-        }
-        let og = &mut out[g * n_rep * dim..][..n_rep * dim];
-        for j in 0..t {
-            vd[v0 + g * v1 + j * v2..][..d].convert_to_f32_slice(&mut row);
-            for (r, o) in og.chunks_exact_mut(dim).enumerate() {
-                let w = scores[r * t + j];
-                for (o, x) in o.iter_mut().zip(&row) {
-                    *o += w * x;
-                }
-            }
-        }
-    }
-    Ok(Tensor::from_vec(out, (1, 1, heads * dim), &candle_core::Device::Cpu)?)
-}
-
-/// `a · b` in eight interleaved sums (so the loop vectorizes), added up in a fixed order.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ac.zip(bc) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// For each head `h` in `heads` of `lhs` (`[1, heads, rows, inner]`), its rows times kv head
@@ -524,8 +461,9 @@ fn causal_mask(seq: usize, position: usize, device: &candle_core::Device) -> Res
 mod tests {
     use candle_core::{DType, Device, Tensor};
 
+    use super::super::attention::{DecodeRow, attend_rows};
     use super::super::kernel_tests::values;
-    use super::{LayerKv, attend_one, attend_one_f16};
+    use super::{LayerKv, attend_one};
 
     /// `[1, heads, rows, dim]` of deterministic values scaled by `amp`.
     fn tensor(heads: usize, rows: usize, dim: usize, amp: f32, seed: u64) -> Tensor {
@@ -533,37 +471,74 @@ mod tests {
         Tensor::from_vec(v, (1, heads, rows, dim), &Device::Cpu).unwrap()
     }
 
+    /// A cache of `t` positions as KvCache holds it: a view of a larger buffer.
+    fn cache(kv_heads: usize, t: usize, dim: usize, seed: u64, dtype: DType) -> LayerKv {
+        let capacity = t.next_multiple_of(64) + 64;
+        let view = |x: Tensor| x.to_dtype(dtype).unwrap().narrow(2, 0, t).unwrap();
+        LayerKv { k: view(tensor(kv_heads, capacity, dim, 0.05, seed + 10)), v: view(tensor(kv_heads, capacity, dim, 0.05, seed + 20)) }
+    }
+
+    fn ours(q: &Tensor, kv: &LayerKv, n_rep: usize) -> Vec<f32> {
+        let (_, heads, _, dim) = q.dims4().unwrap();
+        let q = q.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        attend_rows(&[DecodeRow { q: &q, kv }], heads, n_rep, dim).unwrap()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    // SmolLM2's shape (9 query heads on 3 kv heads of 64) and qwen2's (14 on 2); one position, a
+    // short context (run on the calling thread) and long ones (shared over the workers).
+    const SHAPES: [(usize, usize, usize, usize, u64); 4] = [(9, 3, 64, 1, 1), (9, 3, 64, 13, 4), (9, 3, 64, 77, 2), (14, 2, 64, 300, 3)];
+
     #[test]
-    fn attention_over_an_f16_cache_equals_the_f32_path_on_the_same_rounded_values() {
-        // SmolLM2's shape (9 query heads on 3 kv heads of 64) and qwen2's (14 on 2), with the cache
-        // a view of a larger buffer, as KvCache holds it.
-        for (heads, kv_heads, dim, t, seed) in [(9usize, 3usize, 64usize, 1usize, 1u64), (9, 3, 64, 77, 2), (14, 2, 64, 300, 3)] {
+    fn decode_attention_stays_within_float_rounding_of_candles_gemm_path() {
+        for (heads, kv_heads, dim, t, seed) in SHAPES {
             let q = tensor(heads, 1, dim, 0.05, seed);
-            let capacity = t.next_multiple_of(64) + 64;
-            let k16 = tensor(kv_heads, capacity, dim, 0.05, seed + 10).to_dtype(DType::F16).unwrap();
-            let v16 = tensor(kv_heads, capacity, dim, 0.05, seed + 20).to_dtype(DType::F16).unwrap();
-            let view = |x: &Tensor| x.narrow(2, 0, t).unwrap();
-            let f16 = LayerKv { k: view(&k16), v: view(&v16) };
-            let widened = LayerKv { k: view(&k16).to_dtype(DType::F32).unwrap(), v: view(&v16).to_dtype(DType::F32).unwrap() };
-            let scale = 1.0 / (dim as f64).sqrt();
-            let got = attend_one_f16(&q, &f16, heads / kv_heads, scale).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            let want = attend_one(&q, &widened, heads / kv_heads, scale).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let kv = cache(kv_heads, t, dim, seed, DType::F32);
+            let got = ours(&q, &kv, heads / kv_heads);
+            let want = attend_one(&q, &kv, heads / kv_heads, 1.0 / (dim as f64).sqrt()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(got.len(), heads * dim);
             let (worst, at) = got.iter().zip(&want).enumerate().map(|(i, (a, b))| ((a - b).abs(), i)).fold((0f32, 0), |m, x| if x.0 > m.0 { x } else { m });
             let size = want.iter().fold(0f32, |m, x| m.max(x.abs()));
             // Only the order of the f32 sums differs: a few ulps of the largest output.
-            assert!(worst <= size * 1e-5, "{heads}/{kv_heads} heads, t={t}: output {at} differs by {worst} (largest output {size})");
-            // Also through the dispatch every decode step takes.
-            let dispatched = attend_one(&q, &f16, heads / kv_heads, scale).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert_eq!(dispatched, got);
+            assert!(size > 0.0 && worst <= size * 1e-5, "{heads}/{kv_heads} heads, t={t}: output {at} differs by {worst} (largest output {size})");
         }
     }
 
     #[test]
-    fn an_f16_cache_of_the_wrong_shape_is_refused() {
-        let q = tensor(9, 1, 64, 0.05, 1);
-        let k = tensor(2, 5, 64, 0.05, 2).to_dtype(DType::F16).unwrap();
-        let e = attend_one_f16(&q, &LayerKv { k: k.clone(), v: k }, 3, 0.125).unwrap_err().to_string();
-        assert!(e.contains("against an f16 cache"), "{e}");
+    fn attention_over_an_f16_cache_equals_the_f32_cache_on_the_same_rounded_values() {
+        for (heads, kv_heads, dim, t, seed) in SHAPES {
+            let q = tensor(heads, 1, dim, 0.05, seed);
+            let f16 = cache(kv_heads, t, dim, seed, DType::F16);
+            let widened = LayerKv { k: f16.k.to_dtype(DType::F32).unwrap(), v: f16.v.to_dtype(DType::F32).unwrap() };
+            assert_eq!(bits(&ours(&q, &f16, heads / kv_heads)), bits(&ours(&q, &widened, heads / kv_heads)), "{heads}/{kv_heads} heads, t={t}");
+        }
+    }
+
+    #[test]
+    fn a_sessions_attention_has_the_same_bits_alone_and_among_others() {
+        // Alone, the short sessions run on the calling thread; together they are shared out.
+        let (heads, kv_heads, dim) = (9, 3, 64);
+        let lengths = [1usize, 5, 300, 64, 2];
+        let qs: Vec<Vec<f32>> = (0..lengths.len()).map(|i| tensor(heads, 1, dim, 0.05, 40 + i as u64).flatten_all().unwrap().to_vec1().unwrap()).collect();
+        let kvs: Vec<LayerKv> = lengths.iter().enumerate().map(|(i, &t)| cache(kv_heads, t, dim, 50 + i as u64, DType::F32)).collect();
+        let rows: Vec<DecodeRow> = qs.iter().zip(&kvs).map(|(q, kv)| DecodeRow { q, kv }).collect();
+        let together = attend_rows(&rows, heads, heads / kv_heads, dim).unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let alone = attend_rows(std::slice::from_ref(row), heads, heads / kv_heads, dim).unwrap();
+            assert_eq!(bits(&alone), bits(&together[i * heads * dim..][..heads * dim]), "session {i} ({} positions)", lengths[i]);
+        }
+    }
+
+    #[test]
+    fn a_cache_of_the_wrong_shape_is_refused() {
+        let q = tensor(9, 1, 64, 0.05, 1).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for dtype in [DType::F32, DType::F16] {
+            let kv = cache(2, 5, 64, 2, dtype);
+            let e = attend_rows(&[DecodeRow { q: &q, kv: &kv }], 9, 3, 64).unwrap_err().to_string();
+            assert!(e.contains("against a cache"), "{e}");
+        }
     }
 }

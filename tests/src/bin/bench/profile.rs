@@ -141,7 +141,7 @@ pub const GROUPS: &[(&str, &[&str])] = &[
     ("Q4_1 projections", &["PackedQ4_1", "BlockQ4_1", "q4_1_q8_1", "gemv_q4_1", "gemm_q4_1"]),
     ("Q8_0 LM head", &["BlockQ8_0 as", "q8_0_q8_0"]),
     ("activation quantization (f32 → Q8)", &["from_float", "quantize_row", "quantize_mat"]),
-    ("attention (f32 gemm, softmax; llama.cpp: f16 KV)", &["gemm_f32", "gemm_common", "expf", "softmax", "soft_max", "flash_attn", "vec_dot_f16", "ggml_vec_dot_f32", "fp16_to_fp32", "fp32_to_fp16"]),
+    ("attention (ours: model::attention, prefill's f32 gemm; softmax; llama.cpp: f16 KV)", &["model::attention", "gemm_f32", "gemm_common", "expf", "softmax", "soft_max", "flash_attn", "vec_dot_f16", "ggml_vec_dot_f32", "fp16_to_fp32", "fp32_to_fp16"]),
     ("thread pools: spin-wait and hand-off (candle's worker loop, barriers)", &["__rust_begin_short_backtrace", "BarrierGuard", "BarrierPool", "call_trampoline", "lock_contended", "ggml_barrier", "ggml_graph_compute_thread", "gomp_", "GOMP_", "sched_yield", "rayon_core", "crossbeam"]),
     ("runtime and gRPC (tokio, h2, hyper, tonic, prost)", &["tokio", "h2::", "hyper", "tonic", "prost", "mio::", "bytes::"]),
     ("memory (malloc, free, memcpy)", &["malloc", "free", "calloc", "memcpy", "memmove", "memset", "realloc"]),
@@ -259,7 +259,7 @@ pub fn note(what: &str, profile: &Option<Profile>) -> String {
         // Ours (a) against llama.cpp (b): where ours takes more CPU.
         let spin = |r: &Run| r.groups()[spin_group()];
         format!(
-            "perf of the decode at context 256..512 (section 8): ours {} per token, llama.cpp {}; ours minus llama.cpp by function group: {}. Outside spin-waiting ours does {:.2} ms of CPU work per token against llama.cpp's {:.2}, but one of our two threads spin-waits {:.2} ms per token while the other runs what candle does not parallelize alone: attention (one gemm per head), norms, RoPE and per-op work. llama.cpp splits every op over both threads",
+            "perf of the decode at context 256..512 (section 8): ours {} per token, llama.cpp {}; ours minus llama.cpp by function group: {}. Outside spin-waiting ours does {:.2} ms of CPU work per token against llama.cpp's {:.2}, but one of our two threads spin-waits {:.2} ms per token while the other runs what is not shared out: norms, RoPE, the small ops between the projections and candle's per-op work (our decode attention shares its heads over both threads). llama.cpp splits every op over both threads",
             usage(a),
             usage(b),
             Profile::difference(b, a, 4),
