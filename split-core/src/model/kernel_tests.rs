@@ -61,3 +61,19 @@ pub(super) fn assert_extremes_are_candles(dtype: GgmlDType, w: Vec<f32>, (n, k):
         assert_eq!(want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{what}, sign {sign}");
     }
 }
+
+/// Asserts that a matrix multiplied among others on the same input (`each`: one pass over all
+/// their columns) gives candle's bits, and that the others give their own one-matrix products.
+pub(super) fn assert_product_among_others_is_candles<P>(dtype: GgmlDType, pack: impl Fn(&QTensor) -> P, each: impl Fn(&[&P], &Tensor) -> Vec<Tensor>) {
+    let other_w = Tensor::from_vec(values(48 * 576, 99), (48, 576), &Device::Cpu).unwrap();
+    let other = pack(&QTensor::quantize(&other_w, dtype).unwrap());
+    assert_kernel_is_candles(dtype, &[(16, 576, 1), (192, 576, 5)], |q, x| {
+        let p = pack(q);
+        let mut ys = each(&[&other, &p, &other], x);
+        let alone = each(&[&other], x).remove(0).flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for y in [&ys[0], &ys[2]] {
+            assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), alone);
+        }
+        ys.swap_remove(1)
+    });
+}

@@ -66,7 +66,48 @@ impl Weight {
     }
 }
 
+impl Weight {
+    /// Each of `ws` applied to the same `x`: where they are all packed of one type, one
+    /// quantization of `x` and one hand-off to the workers for all of them; otherwise each by
+    /// `alone`. Every product is what that weight's own kernel gives.
+    fn forward_each(ws: &[&Weight], x: &Tensor, alone: impl Fn(&Weight) -> Result<Tensor>) -> Result<Vec<Tensor>> {
+        let q4_1: Option<Vec<&PackedQ4_1>> = ws.iter().map(|w| if let Weight::PackedQ4_1(p) = w { Some(p) } else { None }).collect();
+        if let Some(ps) = q4_1 {
+            return PackedQ4_1::matmul_each(&ps, x);
+        }
+        let q5_0: Option<Vec<&PackedQ5_0>> = ws.iter().map(|w| if let Weight::PackedQ5_0(p) = w { Some(p) } else { None }).collect();
+        if let Some(ps) = q5_0 {
+            return PackedQ5_0::matmul_each(&ps, x);
+        }
+        ws.iter().map(|w| alone(w)).collect()
+    }
+}
+
 impl Linear {
+    /// [`Linear::forward`] of each of `ls` on the same `x` (`[1, rows, inner]`); a decode row's
+    /// products share one pass of the workers ([`Weight::forward_each`]).
+    pub fn forward_each<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let rows = x.dim(1)?;
+        let ys = if ls.iter().any(|l| l.dense.is_some()) && rows >= DENSE_MIN_ROWS {
+            ls.iter().map(|l| l.forward(x)).collect::<Result<Vec<_>>>()?
+        } else {
+            let weights: Vec<&Weight> = ls.iter().map(|l| &l.weight).collect();
+            let ys = Weight::forward_each(&weights, x, |w| w.forward(x))?;
+            ls.iter().zip(ys).map(|(l, y)| l.finish(x, y)).collect::<Result<Vec<_>>>()?
+        };
+        exactly(ys)
+    }
+
+    /// [`Linear::forward_rows`] of each of `ls` on the same `x` (`[n, 1, inner]`).
+    pub fn forward_rows_each<const N: usize>(ls: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let weights: Vec<&Weight> = ls.iter().map(|l| &l.weight).collect();
+        let ys = Weight::forward_each(&weights, x, |w| match w {
+            Weight::Candle(m) => matmul_rows(m, x),
+            packed => packed.forward(x),
+        })?;
+        exactly(ls.iter().zip(ys).map(|(l, y)| l.finish(x, y)).collect::<Result<Vec<_>>>()?)
+    }
+
     /// The bias and the adapter, on the frozen weight's output `y` for input `x`.
     fn finish(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
         let y = match &self.bias {
@@ -102,6 +143,12 @@ impl Linear {
         };
         self.finish(x, y)
     }
+}
+
+/// `N` products as an array.
+fn exactly<const N: usize>(ys: Vec<Tensor>) -> Result<[Tensor; N]> {
+    let got = ys.len();
+    ys.try_into().map_err(|_| candle_core::Error::Msg(format!("{got} products for {N} projections")).into())
 }
 
 /// `w` applied to each row (along dim 0) of `x` as if to that row alone. One call for all rows
@@ -195,7 +242,7 @@ impl DecoderLayer {
     /// its heads to [`ChunkAttention::attend_next_head`], one call per query head.
     pub fn begin_attention(&self, x: &Tensor, cfg: &ModelConfig, rope: &RopeTable, cache: &mut KvCache) -> Result<Attention> {
         let h = self.attn_norm.forward(x)?;
-        let (q, k, v) = (self.q.forward(&h)?, self.k.forward(&h)?, self.v.forward(&h)?);
+        let [q, k, v] = Linear::forward_each([&self.q, &self.k, &self.v], &h)?;
         let (b, seq, _) = q.dims3()?;
         if b != 1 {
             return Err(candle_core::Error::Msg(format!("attention of {b} sequences at once; the model takes one")).into());
@@ -228,7 +275,8 @@ impl DecoderLayer {
     /// The second half of [`DecoderLayer::forward`]: `x` plus its MLP.
     pub fn mlp_block(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.ffn_norm.forward(x)?;
-        let mlp = self.down.forward(&(candle_nn::ops::silu(&self.gate.forward(&h)?)? * self.up.forward(&h)?)?)?;
+        let [gate, up] = Linear::forward_each([&self.gate, &self.up], &h)?;
+        let mlp = self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)?;
         Ok((x + mlp)?)
     }
 
@@ -238,7 +286,7 @@ impl DecoderLayer {
     /// every row comes out bit-identical to stepping its session alone (see [`Linear::forward_rows`]).
     pub fn forward_batch(&self, x: &Tensor, cfg: &ModelConfig, rope: &RopeTable, caches: &mut [&mut KvCache]) -> Result<Tensor> {
         let h = self.attn_norm.forward(x)?;
-        let (q, k, v) = (self.q.forward_rows(&h)?, self.k.forward_rows(&h)?, self.v.forward_rows(&h)?);
+        let [q, k, v] = Linear::forward_rows_each([&self.q, &self.k, &self.v], &h)?;
         let mut rows = Vec::with_capacity(caches.len());
         for (i, cache) in caches.iter_mut().enumerate() {
             let row = |t: &Tensor| t.narrow(0, i, 1);
@@ -247,7 +295,8 @@ impl DecoderLayer {
         let attn = self.o.forward_rows(&self.attend_decode(&rows, cfg)?)?;
         let x = (x + attn)?;
         let h = self.ffn_norm.forward(&x)?;
-        let gated = (candle_nn::ops::silu(&self.gate.forward_rows(&h)?)? * self.up.forward_rows(&h)?)?;
+        let [gate, up] = Linear::forward_rows_each([&self.gate, &self.up], &h)?;
+        let gated = (candle_nn::ops::silu(&gate)? * up)?;
         let mlp = self.down.forward_rows(&gated)?;
         Ok((x + mlp)?)
     }

@@ -58,18 +58,42 @@ pub(super) fn packable(w: &QTensor, dtype: GgmlDType, block_bytes: usize) -> Res
     Ok((data.len() == n * (k / BLOCK) * block_bytes).then_some((n, k, data)))
 }
 
-/// `x` (`[..., k]`, f32) times a packed `[n, k]` matrix: `[..., n]`, from `compute(m)`, the
-/// row-major outputs of the `m` rows of `x`. `what` names the kernel in errors.
-pub(super) fn apply(x: &Tensor, n: usize, k: usize, what: &str, compute: impl FnOnce(usize) -> Result<Vec<f32>>) -> Result<Tensor> {
+/// `x` (`[..., k]`, f32) times each of several packed matrices `[n_i, k]` (`ns`): `[..., n_i]`
+/// each. `quantize(m)` prepares the activations of the `m` rows of `x` once for all of them;
+/// `group(i, g, acts, out)` fills column group `g` of matrix `i` as [`by_groups`] asks. The
+/// workers take the column groups of all the matrices in one pass, so a step makes one hand-off
+/// instead of one per matrix; every output is what that matrix's own product gives.
+pub(super) fn apply_each<A: Sync>(
+    x: &Tensor,
+    ns: &[usize],
+    k: usize,
+    what: &str,
+    quantize: impl FnOnce(usize) -> Result<A>,
+    group: impl Fn(usize, usize, &A, &mut [f32]) + Sync,
+) -> Result<Vec<Tensor>> {
     let mut dims = x.dims().to_vec();
-    if dims.last() != Some(&k) {
-        return Err(msg(format!("{what}: input {dims:?} does not end in {k}")));
+    if dims.last() != Some(&k) || ns.iter().any(|n| n % LANES != 0) {
+        return Err(msg(format!("{what}: input {dims:?} against matrices of {ns:?} columns by {k}")));
     }
-    let dst = compute(x.elem_count() / k)?;
-    if let Some(last) = dims.last_mut() {
-        *last = n;
-    }
-    Ok(Tensor::from_vec(dst, dims, &Device::Cpu)?)
+    let m = x.elem_count() / k;
+    let acts = quantize(m)?;
+    // The first global column group of each matrix, and the total.
+    let starts: Vec<usize> = ns.iter().scan(0, |at, n| Some(std::mem::replace(at, *at + n / LANES))).collect();
+    let total: usize = ns.iter().sum();
+    let dst = by_groups(total, m, what, |g, out| {
+        let i = starts.partition_point(|&s| s <= g) - 1;
+        group(i, g - starts[i], &acts, out);
+    })?;
+    ns.iter()
+        .zip(&starts)
+        .map(|(&n, &start)| {
+            let cols: Vec<f32> = dst.chunks_exact(total).flat_map(|row| row[start * LANES..][..n].iter().copied()).collect();
+            if let Some(last) = dims.last_mut() {
+                *last = n;
+            }
+            Ok(Tensor::from_vec(cols, dims.clone(), &Device::Cpu)?)
+        })
+        .collect()
 }
 
 /// The `[m, n]` outputs of a kernel over `n / LANES` column groups for `m` rows. `group(g, out)`
@@ -118,6 +142,14 @@ pub(super) fn rows_by_four(m: usize, out: &mut [f32], four: impl Fn(usize) -> [[
     }
     for r in r..m {
         out[r * LANES..][..LANES].copy_from_slice(&one(r));
+    }
+}
+
+/// The only product of a one-matrix [`apply_each`].
+pub(super) fn one(mut ys: Vec<Tensor>) -> Result<Tensor> {
+    match (ys.pop(), ys.is_empty()) {
+        (Some(y), true) => Ok(y),
+        _ => Err(msg("packed matmul: not one product".into())),
     }
 }
 

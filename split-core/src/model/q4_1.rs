@@ -22,7 +22,7 @@ use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::packed::{ActPairs, BLOCK, LANES, PAIRS, apply, by_groups, msg, packable, rows_by_four};
+use super::packed::{ActPairs, BLOCK, LANES, PAIRS, apply_each, msg, one, packable, rows_by_four};
 use crate::error::Result;
 
 /// Packed quant bytes of one block of one column group.
@@ -85,11 +85,19 @@ impl PackedQ4_1 {
     /// `x` (`[..., k]`, f32) times the transposed weights: `[..., n]`, each row equal bit for
     /// bit to candle's `QMatMul::forward` of that row.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        let blocks = self.k / BLOCK;
-        apply(x, self.n, self.k, "packed q4_1 matmul", |m| {
-            let acts = quantize_rows(x, m, self.k)?;
-            by_groups(self.n, m, "packed q4_1 matmul", |g, out| self.group(g, &acts, m, blocks, out))
-        })
+        one(Self::matmul_each(&[self], x)?)
+    }
+
+    /// `x` times each of `ws` (all `[_, k]` with the same `k`): each output as [`PackedQ4_1::matmul`]
+    /// gives it, from one quantization of `x` and one pass of the workers over all the columns.
+    pub fn matmul_each(ws: &[&Self], x: &Tensor) -> Result<Vec<Tensor>> {
+        let k = ws.first().map_or(0, |w| w.k);
+        if ws.iter().any(|w| w.k != k) {
+            return Err(msg("packed q4_1 matmul: matrices of different widths on one input".into()));
+        }
+        let blocks = k / BLOCK;
+        let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
+        apply_each(x, &ns, k, "packed q4_1 matmul", |m| Ok((quantize_rows(x, m, k)?, m)), |i, g, (acts, m), out| ws[i].group(g, acts, *m, blocks, out))
     }
 
     /// Outputs of column group `g` for every row: `out[r * LANES + c]`. Rows go four at a time
@@ -218,13 +226,19 @@ fn quantize_rows(x: &Tensor, m: usize, k: usize) -> Result<Vec<ActBlock>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernel_tests::{assert_extremes_are_candles, assert_kernel_is_candles, values};
+    use super::super::kernel_tests::{assert_extremes_are_candles, assert_kernel_is_candles, assert_product_among_others_is_candles, values};
     use super::*;
     use candle_core::{Device, Module};
     use candle_core::quantized::QMatMul;
 
     fn packed(q: &QTensor, x: &Tensor) -> Tensor {
         PackedQ4_1::new(q).unwrap().expect("a q4_1 matrix packs").matmul(x).unwrap()
+    }
+
+    /// A matrix multiplied among others on the same input still gives candle's bits.
+    #[test]
+    fn products_on_one_input_each_equal_their_own() {
+        assert_product_among_others_is_candles(GgmlDType::Q4_1, |q| PackedQ4_1::new(q).unwrap().unwrap(), |ws, x| PackedQ4_1::matmul_each(ws, x).unwrap());
     }
 
     #[test]

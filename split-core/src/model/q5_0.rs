@@ -19,7 +19,7 @@ use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::packed::{ActPairs, BLOCK, LANES, PAIRS, apply, by_groups, msg, packable, rows_by_four};
+use super::packed::{ActPairs, BLOCK, LANES, PAIRS, apply_each, msg, one, packable, rows_by_four};
 use crate::error::Result;
 
 /// Packed quant bytes of one block of one column group.
@@ -94,13 +94,21 @@ impl PackedQ5_0 {
     /// `x` (`[..., k]`, f32) times the transposed weights: `[..., n]`, each row equal bit for
     /// bit to candle's `QMatMul::forward` of that row.
     pub fn matmul(&self, x: &Tensor) -> Result<Tensor> {
-        apply(x, self.n, self.k, "packed q5_0 matmul", |m| {
-            let acts = quantize_rows(x, m, self.k)?;
-            by_groups(self.n, m, "packed q5_0 matmul", |g, out| {
-                let w = self.group(g);
-                let row = |r: usize| &acts[r * w.blocks..][..w.blocks];
-                rows_by_four(m, out, |r| rows::<4>(&w, std::array::from_fn(|i| row(r + i))), |r| rows::<1>(&w, [row(r)])[0]);
-            })
+        one(Self::matmul_each(&[self], x)?)
+    }
+
+    /// `x` times each of `ws` (all `[_, k]` with the same `k`): each output as [`PackedQ5_0::matmul`]
+    /// gives it, from one quantization of `x` and one pass of the workers over all the columns.
+    pub fn matmul_each(ws: &[&Self], x: &Tensor) -> Result<Vec<Tensor>> {
+        let k = ws.first().map_or(0, |w| w.k);
+        if ws.iter().any(|w| w.k != k) {
+            return Err(msg("packed q5_0 matmul: matrices of different widths on one input".into()));
+        }
+        let ns: Vec<usize> = ws.iter().map(|w| w.n).collect();
+        apply_each(x, &ns, k, "packed q5_0 matmul", |m| Ok((quantize_rows(x, m, k)?, m)), |i, g, (acts, m), out| {
+            let w = ws[i].group(g);
+            let row = |r: usize| &acts[r * w.blocks..][..w.blocks];
+            rows_by_four(*m, out, |r| rows::<4>(&w, std::array::from_fn(|i| row(r + i))), |r| rows::<1>(&w, [row(r)])[0]);
         })
     }
 
@@ -254,13 +262,19 @@ fn quantize_rows(x: &Tensor, m: usize, k: usize) -> Result<Vec<ActBlock>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kernel_tests::{assert_extremes_are_candles, assert_kernel_is_candles, values};
+    use super::super::kernel_tests::{assert_extremes_are_candles, assert_kernel_is_candles, assert_product_among_others_is_candles, values};
     use super::*;
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module};
 
     fn packed(q: &QTensor, x: &Tensor) -> Tensor {
         PackedQ5_0::new(q).unwrap().expect("a q5_0 matrix packs").matmul(x).unwrap()
+    }
+
+    /// A matrix multiplied among others on the same input still gives candle's bits.
+    #[test]
+    fn products_on_one_input_each_equal_their_own() {
+        assert_product_among_others_is_candles(GgmlDType::Q5_0, |q| PackedQ5_0::new(q).unwrap().unwrap(), |ws, x| PackedQ5_0::matmul_each(ws, x).unwrap());
     }
 
     #[test]
