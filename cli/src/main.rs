@@ -186,6 +186,10 @@ struct GenerateArgs {
     /// default attention shares the heads over both cores and sums in another fixed order.
     #[arg(long, env = "SPLITINFER_REFERENCE_ATTENTION")]
     reference_attention: bool,
+    /// What the KV cache stores keys and values in: f32 (exact) or f16 (half the memory and half
+    /// the bytes a decode step reads at a long context; the edge's `--kv-cache f16`).
+    #[arg(long, default_value = "f32", env = "SPLITINFER_KV_CACHE", value_parser = split_core::model::parse_kv_dtype)]
+    kv_cache: candle_core::DType,
     /// Print one JSON object (text, token ids, timings) instead of streaming text.
     #[arg(long)]
     json: bool,
@@ -419,6 +423,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     let mut sampler = Sampler::new(sampling)?;
     let (mut model, tokenizer) = load(&args.model)?;
     model.set_reference_attention(args.reference_attention);
+    model.set_kv_dtype(args.kv_cache)?;
     let prompt = if args.chat {
         format!("<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n", args.prompt)
     } else {
