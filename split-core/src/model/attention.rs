@@ -35,7 +35,7 @@ use crate::error::Result;
 /// Below this many multiply-adds in a step's attention (heads × positions × head_dim × 2, summed
 /// over sessions) the units run on the calling thread: handing them to the other core costs more
 /// than it saves.
-const PARALLEL_MIN_MACS: usize = 32 * 1024;
+const PARALLEL_MIN_MACS: usize = 8 * 1024;
 
 /// Keys or values of one cache: the storage and where row `j` of kv head `g` starts
 /// (`start + g · head_stride + j · row_stride`, its `head_dim` values adjacent).
