@@ -21,12 +21,16 @@ cargo build --release -q -p edge-server -p splitinfer -p splitinfer-tests --bin 
 "$bin/splitinfer" fetch-assets >/dev/null
 # Criterion's micro-benchmarks first (~2 min); the harness copies their medians into the table.
 echo "bench: criterion micro-benchmarks (split-core/benches/kernels.rs)..." >&2
-export CRITERION_HOME="${CARGO_TARGET_DIR:-target}/criterion"
+# Absolute: `cargo bench` runs the bench in the package's directory, the harness in the
+# repository's, so a relative path would name two different places.
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+export CRITERION_HOME="$target_dir/criterion"
 rm -rf "$CRITERION_HOME"
 cargo bench -q -p split-core --bench kernels -- --warm-up-time 1 --measurement-time 3 >&2
 if [ -z "${BENCH_NO_PROFILE:-}" ] && command -v perf >/dev/null && perf record -q -o /dev/null -- true 2>/dev/null; then
   echo "bench: profiling (scripts/profile.sh)..." >&2
-  export PROFILE_DIR="${CARGO_TARGET_DIR:-target}/profile"
+  export PROFILE_DIR="$target_dir/profile"
   scripts/profile.sh
   export BENCH_PROFILE_DIR="$PROFILE_DIR"
 else
