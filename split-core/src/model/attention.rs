@@ -337,6 +337,10 @@ mod simd {
     }
 }
 
+fn msg(text: String) -> crate::Error {
+    candle_core::Error::Msg(text).into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::kernel_tests::values;
@@ -367,8 +371,4 @@ mod tests {
             assert_eq!(bits(&got), bits(&want), "f16 weighted sum, dim {dim}, t {t}");
         }
     }
-}
-
-fn msg(text: String) -> crate::Error {
-    candle_core::Error::Msg(text).into()
 }

@@ -64,9 +64,7 @@ impl Weight {
             Self::Candle(w) => Ok(w.forward(x)?),
         }
     }
-}
 
-impl Weight {
     /// Each of `ws` applied to the same `x`: where they are all packed of one type, one
     /// quantization of `x` and one hand-off to the workers for all of them; otherwise each by
     /// `alone`. Every product is what that weight's own kernel gives.
@@ -404,8 +402,9 @@ impl ChunkAttention {
     }
 }
 
-/// Attention of one new position (`q`: `[1, heads, 1, d]`) over the cache (`kv`: `[1, kv_heads,
-/// t, d]` each), returning `[1, 1, heads · d]`: the same bits as the repeated-K/V path below, without
+/// The reference decode attention ([`super::LoadOptions::reference_attention`]): one new position
+/// (`q`: `[1, heads, 1, d]`) over the cache (`kv`: `[1, kv_heads, t, d]` each), returning
+/// `[1, 1, heads · d]`: the same bits as the repeated-K/V path below, without
 /// repeating K and V (which copied 2 · heads · t · d floats per layer per token).
 ///
 /// candle's batched matmul calls `gemm` once per head with `m = 1`; here each head calls it with
