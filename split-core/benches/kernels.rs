@@ -9,7 +9,8 @@
 //!   activation rows, candle's kernel against ours ([`PackedQ4_1`], same bits);
 //! - `q5_0/*`: the same for two Qwen2.5-Coder-0.5B projections (random Q5_0 weights of its
 //!   shapes) and [`PackedQ5_0`];
-//! - `head_q8_0`: the tied Q8_0 LM head (49,152 × 576) on one row, candle's kernel;
+//! - `head_q8_0`: the tied Q8_0 LM heads of both models (49,152 × 576 and 151,936 × 896) on one
+//!   row, candle's kernel against ours (`/packed`, same bits);
 //! - `wire/*`: a hidden state to wire bytes and back, decode (1 × 576) and prefill (512 × 576)
 //!   sized, f32 and f16;
 //! - `channel/*`: one decode-sized message through a clean channel and through Rayleigh fading
@@ -23,7 +24,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use split_core::channel::{Channel, ChannelConfig};
-use split_core::model::{PackedQ4_1, PackedQ5_0};
+use split_core::model::{PackedQ4_1, PackedQ5_0, q8_0_matmul_rows};
 use split_core::wire::{WireDType, WireTensor};
 
 /// Deterministic values in [-0.5, 0.5).
@@ -75,12 +76,19 @@ fn q5_0(c: &mut Criterion) {
 }
 
 fn head(c: &mut Criterion) {
-    let (n, k) = (49_152, 576);
-    let head = QMatMul::from_qtensor(matrix(n, k, GgmlDType::Q8_0)).unwrap();
-    let x = Tensor::from_vec(values(k, 3), (1, k), &Device::Cpu).unwrap();
+    // SmolLM2-135M's and Qwen2.5-Coder-0.5B's tied Q8_0 heads on one row: candle's kernel
+    // against ours (split_core::model::q8_0_matmul_rows, same bits).
     let mut group = c.benchmark_group("head_q8_0");
-    group.throughput(Throughput::Elements((n * k) as u64));
-    group.bench_function("49152x576/1", |b| b.iter(|| head.forward(black_box(&x)).unwrap()));
+    for (name, n, k) in [("49152x576", 49_152, 576), ("151936x896", 151_936, 896)] {
+        let candle = QMatMul::from_qtensor(matrix(n, k, GgmlDType::Q8_0)).unwrap();
+        let QMatMul::QTensor(q) = &candle else { unreachable!("a quantized matrix stays quantized") };
+        let x = Tensor::from_vec(values(k, 3), (1, k), &Device::Cpu).unwrap();
+        group.throughput(Throughput::Elements((n * k) as u64));
+        group.bench_with_input(BenchmarkId::new(format!("{name}/candle"), 1), &x, |b, x| b.iter(|| candle.forward(black_box(x)).unwrap()));
+        group.bench_with_input(BenchmarkId::new(format!("{name}/packed"), 1), &x, |b, x| {
+            b.iter(|| q8_0_matmul_rows(q, black_box(x)).unwrap().expect("a Q8_0 head with k not a multiple of 256 takes ours"))
+        });
+    }
     group.finish();
 }
 

@@ -32,6 +32,7 @@ pub use config::{Architecture, ModelConfig};
 pub use kv_cache::{KvCache, LayerKv};
 pub use q4_1::PackedQ4_1;
 pub use q5_0::PackedQ5_0;
+pub use q8_0::matmul_rows as q8_0_matmul_rows;
 use layer::{Attention, ChunkAttention, DecoderLayer, Linear, RmsNorm};
 use rope::RopeTable;
 
@@ -513,7 +514,18 @@ impl SplitModel {
         let x = self.final_norm.forward(&hidden.i(0)?)?;
         match &self.lm_head_dense {
             Some(w) if x.dim(0)? >= layer::DENSE_MIN_ROWS => Ok(x.matmul(&w.t()?)?),
-            _ => Ok(self.lm_head.forward(&x)?),
+            _ => {
+                // A Q8_0 head (both default models') takes our kernel: the same bits as
+                // candle's, faster on one row and reading the weights once per four rows.
+                let ours = match &self.lm_head {
+                    QMatMul::QTensor(w) => q8_0::matmul_rows(w, &x)?,
+                    _ => None,
+                };
+                match ours {
+                    Some(logits) => Ok(logits),
+                    None => Ok(self.lm_head.forward(&x)?),
+                }
+            }
         }
     }
 
@@ -538,10 +550,10 @@ impl SplitModel {
             })
             .collect::<Result<Vec<_>>>()?;
         let x = self.final_norm.forward(&Tensor::cat(&last, 0)?.squeeze(1)?)?;
-        // A Q8_0 head (the default model's) takes our kernel, which reads it once per four
+        // A Q8_0 head (both default models') takes our kernel, which reads it once per four
         // sessions instead of once per session, with each row's bits unchanged.
         let tiled = match &self.lm_head {
-            QMatMul::QTensor(w) if hidden.len() > 1 => q8_0::matmul_rows(w, &x)?,
+            QMatMul::QTensor(w) => q8_0::matmul_rows(w, &x)?,
             _ => None,
         };
         let logits = match tiled {

@@ -22,14 +22,16 @@ const BLOCK_BYTES: usize = 34;
 
 /// `x` (`[m, k]`, f32) times the transposed Q8_0 weights `w` (`[n, k]`): `[m, n]`, each row equal
 /// bit for bit to candle's `QMatMul::forward` of that row alone. `None` where this kernel does not
-/// apply (another type, not on the CPU, or a build without AVX2 and FMA).
-pub(crate) fn matmul_rows(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
+/// apply (another type, not on the CPU, or a build without AVX2 and FMA) or where candle may take
+/// a repacked kernel with other bits instead (`k` a multiple of 256, on a CPU with VNNI).
+pub fn matmul_rows(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     let Ok((n, k)) = w.shape().dims2() else { return Ok(None) };
     let Ok((m, xk)) = x.dims2() else { return Ok(None) };
     if !cfg!(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))
         || w.dtype() != GgmlDType::Q8_0
         || !w.device().is_cpu()
         || k % BLOCK != 0
+        || k % 256 == 0
         || xk != k
     {
         return Ok(None);
@@ -138,7 +140,7 @@ mod tests {
     #[test]
     fn equals_candles_kernel_row_by_row() {
         let dev = Device::Cpu;
-        for (n, k, m) in [(40, 576, 1), (33, 576, 6), (64, 96, 9)] {
+        for (n, k, m) in [(40, 576, 1), (48, 896, 1), (33, 576, 6), (64, 96, 9)] {
             let w = QTensor::quantize(&Tensor::from_vec(values(n * k, n as u64), (n, k), &dev).unwrap(), GgmlDType::Q8_0).unwrap();
             let x = Tensor::from_vec(values(m * k, 5), (m, k), &dev).unwrap();
             let Some(got) = matmul_rows(&w, &x).unwrap() else {
@@ -150,6 +152,15 @@ mod tests {
                 assert_row_is_candles(&reference, &x, &got, r, &format!("n={n} k={k} m={m}"));
             }
         }
+    }
+
+    #[test]
+    fn widths_candle_may_repack_are_left_to_candle() {
+        // With VNNI candle takes a repacked Q8_0 kernel of other bits where k is a multiple of 256.
+        let dev = Device::Cpu;
+        let w = QTensor::quantize(&Tensor::from_vec(values(16 * 512, 1), (16, 512), &dev).unwrap(), GgmlDType::Q8_0).unwrap();
+        let x = Tensor::from_vec(values(512, 2), (1, 512), &dev).unwrap();
+        assert!(matmul_rows(&w, &x).unwrap().is_none());
     }
 
     #[test]

@@ -1085,7 +1085,7 @@ async fn main() -> Result<()> {
     writeln!(md, "\n## 7. Micro-benchmarks (criterion)\n")?;
     match criterion_results() {
         Ok(rows) if !rows.is_empty() => {
-            writeln!(md, "`cargo bench -p split-core --bench kernels` (split-core/benches/kernels.rs), run by `scripts/bench.sh` just before the rest; criterion's median per call. q4_1: one SmolLM2-135M projection on 1 or 4 activation rows, candle's kernel against ours (same bits); q5_0: the same for two Qwen2.5-Coder-0.5B projections; the rate counts multiply-adds.\n")?;
+            writeln!(md, "`cargo bench -p split-core --bench kernels` (split-core/benches/kernels.rs), run by `scripts/bench.sh` just before the rest; criterion's median per call. q4_1: one SmolLM2-135M projection on 1 or 4 activation rows, candle's kernel against ours (same bits); q5_0: the same for two Qwen2.5-Coder-0.5B projections; head_q8_0: the tied Q8_0 LM head of each model on one row, candle's kernel against ours (same bits); the rate counts multiply-adds.\n")?;
             writeln!(md, "| benchmark | median µs | rate |\n|---|---|---|")?;
             for r in &rows {
                 writeln!(md, "| {} | {:.2} | {} |", r.id, r.median_ns / 1e3, r.rate())?;
