@@ -3,7 +3,7 @@
 //! [`LANES`] shared out over candle's matmul pool, and each group's outputs put back in place.
 
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
@@ -84,6 +84,13 @@ pub(super) fn apply_each<A: Sync>(
         let i = starts.partition_point(|&s| s <= g) - 1;
         group(i, g - starts[i], &acts, out);
     })?;
+    if let [n] = ns {
+        // One matrix: the buffer is its output as it stands.
+        if let Some(last) = dims.last_mut() {
+            *last = *n;
+        }
+        return Ok(vec![Tensor::from_vec(dst, dims, &Device::Cpu)?]);
+    }
     ns.iter()
         .zip(&starts)
         .map(|(&n, &start)| {
@@ -98,35 +105,60 @@ pub(super) fn apply_each<A: Sync>(
 
 /// The `[m, n]` outputs of a kernel over `n / LANES` column groups for `m` rows. `group(g, out)`
 /// fills `out[r * LANES + c]` with column `g · LANES + c` of row `r`. Groups run on candle's own
-/// thread pool, in ranges; `what` names the kernel in errors.
+/// thread pool, in ranges, and each writes its columns straight into the one output buffer (a
+/// decode step makes ~150 of these calls; a buffer per range and a copy afterwards cost about
+/// as much as the serial work between them); `what` names the kernel in errors.
 pub(super) fn by_groups(n: usize, m: usize, what: &str, group: impl Fn(usize, &mut [f32]) + Sync) -> Result<Vec<f32>> {
     let groups = n / LANES;
-    let parts: Mutex<Vec<(usize, Vec<f32>)>> = Mutex::new(Vec::new());
-    candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
-        let mut out = vec![0f32; range.len() * m * LANES];
-        for (i, g) in range.clone().enumerate() {
-            group(g, &mut out[i * m * LANES..][..m * LANES]);
-        }
-        if let Ok(mut p) = parts.lock() {
-            p.push((range.start, out));
-        }
-    });
-    let parts = parts.into_inner().map_err(|_| msg(format!("{what}: a worker panicked")))?;
     let mut dst = vec![0f32; m * n];
-    let mut filled = 0;
-    for (start, out) in parts {
-        for (i, group) in out.chunks_exact(m * LANES).enumerate() {
-            let col = (start + i) * LANES;
-            for (r, lanes) in group.chunks_exact(LANES).enumerate() {
-                dst[r * n + col..][..LANES].copy_from_slice(lanes);
+    let out = Disjoint { ptr: dst.as_mut_ptr(), len: dst.len() };
+    let filled = AtomicUsize::new(0);
+    candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
+        let mut scratch = vec![0f32; if m == 1 { 0 } else { m * LANES }];
+        for g in range.clone() {
+            if m == 1 {
+                group(g, out.slice(g * LANES, LANES));
+            } else {
+                group(g, &mut scratch);
+                for (r, lanes) in scratch.chunks_exact(LANES).enumerate() {
+                    out.slice(r * n + g * LANES, LANES).copy_from_slice(lanes);
+                }
             }
-            filled += 1;
         }
-    }
+        filled.fetch_add(range.len(), Ordering::Relaxed);
+    });
+    let filled = filled.into_inner();
     if filled != groups {
         return Err(msg(format!("{what}: {filled} of {groups} column groups computed")));
     }
     Ok(dst)
+}
+
+/// The output buffer of [`by_groups`], shared by the pool's threads: each column group writes
+/// only its own `LANES` columns of each row, so no two writers touch the same element.
+struct Disjoint {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: the workers write disjoint parts of the buffer (see `slice`), which outlives them:
+// `execute_chunked` returns only when every worker is done.
+#[allow(unsafe_code)]
+unsafe impl Sync for Disjoint {}
+
+impl Disjoint {
+    /// Elements `at..at + len`. Callers take each range at most once across all threads (one
+    /// column group's columns of one row).
+    #[allow(clippy::mut_from_ref)]
+    fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len, "column group outside the output");
+        // SAFETY: in bounds (the assert); no other reference to these elements exists while
+        // this one lives, since every (row, column group) range is handed out once.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts_mut(self.ptr.add(at), len)
+        }
+    }
 }
 
 /// One column group's outputs for `m` rows into `out[r * LANES + c]`: `four(r)` computes rows
