@@ -111,7 +111,7 @@ pub(super) fn apply_each<A: Sync>(
 pub(super) fn by_groups(n: usize, m: usize, what: &str, group: impl Fn(usize, &mut [f32]) + Sync) -> Result<Vec<f32>> {
     let groups = n / LANES;
     let mut dst = vec![0f32; m * n];
-    let out = Disjoint { ptr: dst.as_mut_ptr(), len: dst.len() };
+    let out = Disjoint::new(&mut dst);
     let filled = AtomicUsize::new(0);
     candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
         let mut scratch = vec![0f32; if m == 1 { 0 } else { m * LANES }];
@@ -134,9 +134,9 @@ pub(super) fn by_groups(n: usize, m: usize, what: &str, group: impl Fn(usize, &m
     Ok(dst)
 }
 
-/// The output buffer of [`by_groups`], shared by the pool's threads: each column group writes
-/// only its own `LANES` columns of each row, so no two writers touch the same element.
-struct Disjoint {
+/// An output buffer shared by the pool's threads (of [`by_groups`], and of the Q8_0 head), each
+/// writing only its own columns of each row, so no two writers touch the same element.
+pub(super) struct Disjoint {
     ptr: *mut f32,
     len: usize,
 }
@@ -147,10 +147,14 @@ struct Disjoint {
 unsafe impl Sync for Disjoint {}
 
 impl Disjoint {
+    pub fn new(buffer: &mut [f32]) -> Self {
+        Self { ptr: buffer.as_mut_ptr(), len: buffer.len() }
+    }
+
     /// Elements `at..at + len`. Callers take each range at most once across all threads (one
-    /// column group's columns of one row).
+    /// range of columns of one row), while the buffer lives.
     #[allow(clippy::mut_from_ref)]
-    fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+    pub fn slice(&self, at: usize, len: usize) -> &mut [f32] {
         assert!(at + len <= self.len, "column group outside the output");
         // SAFETY: in bounds (the assert); no other reference to these elements exists while
         // this one lives, since every (row, column group) range is handed out once.

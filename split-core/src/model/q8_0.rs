@@ -14,7 +14,9 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use super::packed::Disjoint;
 use crate::error::Result;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Values per Q8_0 block; its bytes (`d: f16, qs: [i8; 32]`, candle's `repr(C)` layout).
 const BLOCK: usize = 32;
@@ -45,9 +47,12 @@ pub fn matmul_rows(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
     let acts = QTensor::quantize(x, GgmlDType::Q8_0)?;
     let acts = acts.data()?;
     let row_bytes = blocks * BLOCK_BYTES;
-    let parts = std::sync::Mutex::new(Vec::new());
+    let mut dst = vec![0f32; m * n];
+    let out = Disjoint::new(&mut dst);
+    let filled = AtomicUsize::new(0);
     candle_core::utils::barrier_pool().execute_chunked(n, |cols| {
-        let mut out = vec![0f32; cols.len() * m];
+        // Each row's outputs for this range of columns, written in place.
+        let mut rows: Vec<&mut [f32]> = (0..m).map(|r| out.slice(r * n + cols.start, cols.len())).collect();
         for (i, col) in cols.clone().enumerate() {
             let w = &weights[col * row_bytes..][..row_bytes];
             let row = |r: usize| &acts[r * row_bytes..][..row_bytes];
@@ -55,29 +60,17 @@ pub fn matmul_rows(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
             while r + 4 <= m {
                 let sums = column::<4>(w, std::array::from_fn(|j| row(r + j)));
                 for (j, s) in sums.into_iter().enumerate() {
-                    out[i * m + r + j] = s;
+                    rows[r + j][i] = s;
                 }
                 r += 4;
             }
             for r in r..m {
-                out[i * m + r] = column::<1>(w, [row(r)])[0];
+                rows[r][i] = column::<1>(w, [row(r)])[0];
             }
         }
-        if let Ok(mut p) = parts.lock() {
-            p.push((cols.start, out));
-        }
+        filled.fetch_add(cols.len(), Ordering::Relaxed);
     });
-    let parts = parts.into_inner().map_err(|_| candle_core::Error::Msg("q8_0 matmul: a worker panicked".into()))?;
-    let mut dst = vec![0f32; m * n];
-    let mut filled = 0;
-    for (start, out) in parts {
-        for (i, col) in out.chunks_exact(m).enumerate() {
-            for (r, v) in col.iter().enumerate() {
-                dst[r * n + start + i] = *v;
-            }
-            filled += 1;
-        }
-    }
+    let filled = filled.into_inner();
     if filled != n {
         return Err(candle_core::Error::Msg(format!("q8_0 matmul: {filled} of {n} columns computed")).into());
     }
