@@ -64,8 +64,8 @@ pub fn matmul_rows(w: &QTensor, x: &Tensor) -> Result<Option<Tensor>> {
                 }
                 r += 4;
             }
-            for r in r..m {
-                rows[r][i] = column::<1>(w, [row(r)])[0];
+            for (r, out) in rows.iter_mut().enumerate().skip(r) {
+                out[i] = column::<1>(w, [row(r)])[0];
             }
         }
         filled.fetch_add(cols.len(), Ordering::Relaxed);
