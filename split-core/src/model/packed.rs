@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
+use half::f16;
+
 use crate::error::Result;
 
 /// Columns computed together: one 256-bit vector of 16-bit lanes.
@@ -42,6 +44,41 @@ impl ActPairs {
         let [first, second] = pair.to_le_bytes();
         i32::from(if j.is_multiple_of(2) { first } else { second } as i8)
     }
+}
+
+/// One block of 32 activations quantized as candle 0.11.1's `from_float` for Q8_0 and Q8_1 does
+/// it (the Q8_1 scale sum aside): `d = amax / 127`, stored as f16, and each value
+/// `round(x · (1 / d))` through the f32 `d`. Returns `d`, the values as bytes and their sum.
+/// The kernels quantize their rows with this instead of through a `QTensor`, which allocated a
+/// tensor and took a second pass to arrange the blocks, on the one thread while the other waited.
+pub(super) fn quantize_block(xs: &[f32]) -> (f16, [u8; BLOCK], i32) {
+    let amax = xs.iter().fold(0f32, |a, &x| a.max(x.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0u8; BLOCK];
+    let mut sum = 0;
+    for (q, &x) in qs.iter_mut().zip(xs) {
+        let v = f32::round(x * id) as i8;
+        *q = v as u8;
+        sum += i32::from(v);
+    }
+    (f16::from_f32(d), qs, sum)
+}
+
+/// `x`'s `m · k` values, row after row, in blocks of [`BLOCK`], each made into `block` by
+/// [`quantize_block`]'s results.
+pub(super) fn quantize_rows<B>(x: &Tensor, m: usize, k: usize, block: impl Fn(f16, &[u8; BLOCK], i32) -> B) -> Result<Vec<B>> {
+    let values = x.flatten_all()?.to_vec1::<f32>()?;
+    if values.len() != m * k || !k.is_multiple_of(BLOCK) {
+        return Err(msg(format!("{} activations for {m} rows of {k}", values.len())));
+    }
+    Ok(values
+        .chunks_exact(BLOCK)
+        .map(|xs| {
+            let (d, qs, sum) = quantize_block(xs);
+            block(d, &qs, sum)
+        })
+        .collect())
 }
 
 /// A matrix's size `(n, k)` and its bytes.
@@ -191,4 +228,33 @@ pub(super) fn one(mut ys: Vec<Tensor>) -> Result<Tensor> {
 
 pub(super) fn msg(text: String) -> crate::Error {
     candle_core::Error::Msg(text).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kernel_tests::values;
+    use super::*;
+
+    /// Our block quantizer gives candle's Q8_0 and Q8_1 blocks bit for bit (Q8_1's `s` is
+    /// `f16(sum) · d` in f16, as candle computes it).
+    #[test]
+    fn blocks_are_candles() {
+        let mut xs = values(32 * 64, 11);
+        xs[5] = f32::MAX;
+        xs[40] = -1e-30;
+        xs.extend([0.5f32, -0.5, 1.5, -1.5, 2.5].iter().cycle().take(32));
+        let x = Tensor::from_vec(xs.clone(), xs.len(), &Device::Cpu).unwrap();
+        for (dtype, bytes) in [(GgmlDType::Q8_0, 34), (GgmlDType::Q8_1, 36)] {
+            let q = QTensor::quantize(&x, dtype).unwrap();
+            for (b, want) in q.data().unwrap().chunks_exact(bytes).enumerate() {
+                let (d, qs, sum) = quantize_block(&xs[b * BLOCK..][..BLOCK]);
+                assert_eq!(want[..2], d.to_ne_bytes(), "{dtype:?} block {b}: d");
+                assert_eq!(want[bytes - BLOCK..], qs, "{dtype:?} block {b}: values");
+                if dtype == GgmlDType::Q8_1 {
+                    let s = f16::from_f32(sum as f32) * d;
+                    assert_eq!(want[2..4], s.to_ne_bytes(), "{dtype:?} block {b}: s");
+                }
+            }
+        }
+    }
 }

@@ -22,15 +22,14 @@ use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::packed::{ActPairs, BLOCK, LANES, PAIRS, apply_each, msg, one, packable, rows_by_four};
+use super::packed::{self, ActPairs, BLOCK, LANES, PAIRS, apply_each, msg, one, packable, rows_by_four};
 use crate::error::Result;
 
 /// Packed quant bytes of one block of one column group.
 const GROUP_BLOCK_BYTES: usize = PAIRS * LANES * 2;
-/// Bytes of a Q4_1 block (`d: f16, m: f16, qs: [u8; 16]`) and of a Q8_1 block
-/// (`d: f16, s: f16, qs: [i8; 32]`), as candle lays them out in memory (`repr(C)`).
+/// Bytes of a Q4_1 block (`d: f16, m: f16, qs: [u8; 16]`), as candle lays it out in memory
+/// (`repr(C)`).
 const Q4_1_BYTES: usize = 20;
-const Q8_1_BYTES: usize = 36;
 
 /// The weights of a Q4_1 matrix `[n, k]` regrouped for [`PackedQ4_1::matmul`]: for each group
 /// of [`LANES`] columns and each block, the 16 scales `d` and the 16 minimums `m` (f16, as in
@@ -204,24 +203,9 @@ fn rows_portable<const R: usize>(scales: &[u16], quants: &[u8], ys: [&[ActBlock]
     sums
 }
 
-/// `x` as `m` rows of Q8_1 blocks, quantized by candle's `from_float` (the one its matmul uses).
+/// `x` as `m` rows of Q8_1 blocks, as candle's `from_float` (the one its matmul uses) makes them.
 fn quantize_rows(x: &Tensor, m: usize, k: usize) -> Result<Vec<ActBlock>> {
-    let q = QTensor::quantize(&x.reshape((m, k))?, GgmlDType::Q8_1)?;
-    let data = q.data()?;
-    if data.len() != m * (k / BLOCK) * Q8_1_BYTES {
-        return Err(msg(format!("q8_1 activations take {} bytes, expected {}", data.len(), m * (k / BLOCK) * Q8_1_BYTES)));
-    }
-    Ok(data
-        .chunks_exact(Q8_1_BYTES)
-        .map(|b| {
-            let qs = &b[4..];
-            ActBlock {
-                d: f16::from_ne_bytes([b[0], b[1]]).to_f32(),
-                s: f16::from_ne_bytes([b[2], b[3]]).to_f32(),
-                q: ActPairs::new(qs),
-            }
-        })
-        .collect())
+    packed::quantize_rows(x, m, k, |d, qs, sum| ActBlock { d: d.to_f32(), s: (f16::from_f32(sum as f32) * d).to_f32(), q: ActPairs::new(qs) })
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use candle_core::Tensor;
 use candle_core::quantized::{GgmlDType, QTensor};
 use half::f16;
 
-use super::packed::{ActPairs, BLOCK, LANES, PAIRS, apply_each, msg, one, packable, rows_by_four};
+use super::packed::{self, ActPairs, BLOCK, LANES, PAIRS, apply_each, msg, one, packable, rows_by_four};
 use crate::error::Result;
 
 /// Packed quant bytes of one block of one column group.
@@ -27,10 +27,9 @@ const GROUP_BLOCK_BYTES: usize = PAIRS * LANES * 2;
 /// Fifth-bit masks of one block of one column group: per pair, one for the low nibbles and one
 /// for the high nibbles.
 const GROUP_BLOCK_MASKS: usize = PAIRS * 2;
-/// Bytes of a Q5_0 block (`d: f16, qh: [u8; 4], qs: [u8; 16]`) and of a Q8_0 block
-/// (`d: f16, qs: [i8; 32]`), as candle lays them out in memory (`repr(C)`).
+/// Bytes of a Q5_0 block (`d: f16, qh: [u8; 4], qs: [u8; 16]`), as candle lays it out in memory
+/// (`repr(C)`).
 const Q5_0_BYTES: usize = 22;
-const Q8_0_BYTES: usize = 34;
 
 /// The weights of a Q5_0 matrix `[n, k]` regrouped for [`PackedQ5_0::matmul`]: for each group
 /// of [`LANES`] columns and each block, the 16 scales `d` (f16 bits), the quant bytes of every
@@ -240,24 +239,9 @@ fn rows_portable<const R: usize>(w: &Group<'_>, ys: [&[ActBlock]; R]) -> [[f32; 
     sums
 }
 
-/// `x` as `m` rows of Q8_0 blocks, quantized by candle's `from_float` (the one its matmul uses).
+/// `x` as `m` rows of Q8_0 blocks, as candle's `from_float` (the one its matmul uses) makes them.
 fn quantize_rows(x: &Tensor, m: usize, k: usize) -> Result<Vec<ActBlock>> {
-    let q = QTensor::quantize(&x.reshape((m, k))?, GgmlDType::Q8_0)?;
-    let data = q.data()?;
-    if data.len() != m * (k / BLOCK) * Q8_0_BYTES {
-        return Err(msg(format!("q8_0 activations take {} bytes, expected {}", data.len(), m * (k / BLOCK) * Q8_0_BYTES)));
-    }
-    Ok(data
-        .chunks_exact(Q8_0_BYTES)
-        .map(|b| {
-            let qs = &b[2..];
-            ActBlock {
-                d: f16::from_ne_bytes([b[0], b[1]]).to_f32(),
-                q: ActPairs::new(qs),
-                sum: qs.iter().map(|&v| i32::from(v as i8)).sum(),
-            }
-        })
-        .collect())
+    packed::quantize_rows(x, m, k, |d, qs, sum| ActBlock { d: d.to_f32(), q: ActPairs::new(qs), sum })
 }
 
 #[cfg(test)]
