@@ -904,9 +904,10 @@ async fn main() -> Result<()> {
         let ratio = |f: fn(&Speed) -> f64| median(runs.iter().zip(&mono_runs).map(|(r, m)| f(r) / f(m)).collect());
         let (rp, rd, rt) = (ratio(|s| s.prefill), ratio(|s| s.decode), ratio(|s| 1.0 / s.token_ms));
         worst.0 = worst.0.min(rp);
-        worst.2 = worst.2.min(rt);
-        if rd < worst.1 {
-            worst.1 = rd;
+        worst.1 = worst.1.min(rd);
+        // The target is on the robust median (the median time per token), as issue 18 states it.
+        if rt < worst.2 {
+            worst.2 = rt;
             worst_run = Some((k, wire, s));
         }
         let p = s.parts.unwrap_or(Parts { ue: f64::NAN, edge: f64::NAN, network: f64::NAN, other: f64::NAN });
@@ -935,11 +936,11 @@ async fn main() -> Result<()> {
     targets.insert(
         0,
         format!(
-            "| networked decode ≥ 0.95× monolithic | worst {:.2}× in tokens/s; worst {:.2}× in median time per token | {} | {} |",
-            worst.1,
+            "| networked decode ≥ 0.95× monolithic on the robust median | worst {:.2}× in median time per token (worst {:.2}× in tokens/s) | {} | {} |",
             worst.2,
-            met(worst.1 >= 0.95),
-            if worst.1 >= 0.95 {
+            worst.1,
+            met(worst.2 >= 0.95),
+            if worst.2 >= 0.95 {
                 String::new()
             } else {
                 match worst_run {
