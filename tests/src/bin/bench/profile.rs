@@ -138,9 +138,11 @@ impl Run {
 /// `candle_core::quantized`.
 pub const GROUPS: &[(&str, &[&str])] = &[
     ("kernel (syscalls, scheduler, loopback TCP)", &["[k] "]),
-    ("Q4_1 projections", &["PackedQ4_1", "BlockQ4_1", "q4_1_q8_1", "gemv_q4_1", "gemm_q4_1"]),
-    ("Q8_0 LM head", &["BlockQ8_0 as", "q8_0_q8_0"]),
-    ("activation quantization (f32 → Q8)", &["from_float", "quantize_row", "quantize_mat"]),
+    // Our packed kernels inline into `packed::rows_by_four` and `by_groups` (the profiled model,
+    // SmolLM2, has no Q5_0 weights); the head's into `q8_0::matmul_rows`.
+    ("Q4_1 projections", &["PackedQ4_1", "packed::rows_by_four", "packed::by_groups", "BlockQ4_1", "q4_1_q8_1", "gemv_q4_1", "gemm_q4_1"]),
+    ("Q8_0 LM head", &["BlockQ8_0 as", "q8_0_q8_0", "q8_0::matmul_rows"]),
+    ("activation quantization (f32 → Q8)", &["from_float", "quantize_row", "quantize_mat", "packed::quantize"]),
     ("attention (ours: model::attention, prefill's f32 gemm; softmax; llama.cpp: f16 KV)", &["model::attention", "gemm_f32", "gemm_common", "expf", "softmax", "soft_max", "flash_attn", "vec_dot_f16", "ggml_vec_dot_f32", "fp16_to_fp32", "fp32_to_fp16"]),
     ("thread pools: spin-wait and hand-off (candle's worker loop, barriers)", &["__rust_begin_short_backtrace", "BarrierGuard", "BarrierPool", "call_trampoline", "lock_contended", "ggml_barrier", "ggml_graph_compute_thread", "gomp_", "GOMP_", "sched_yield", "rayon_core", "crossbeam"]),
     ("runtime and gRPC (tokio, h2, hyper, tonic, prost)", &["tokio", "h2::", "hyper", "tonic", "prost", "mio::", "bytes::"]),
@@ -251,10 +253,23 @@ pub fn note(what: &str, profile: &Option<Profile>) -> String {
             None => return "the profile has no split run".into(),
         },
     };
-    let (Some(a), Some(b)) = (p.get(phase, &a_name), p.get(phase, &b_name)) else {
-        return format!("the profile has no {phase} run of {a_name} and {b_name}");
-    };
     let usage = |r: &Run| format!("{:.2} ms wall, {:.2} ms CPU ({:.2} cores busy)", r.wall_ms_per_token(), r.cpu_ms(), r.cpu_ms() / r.wall_ms_per_token());
+    let (Some(a), Some(b)) = (p.get(phase, &a_name), p.get(phase, &b_name)) else {
+        return match p.get(phase, &a_name) {
+            // Ours alone where llama.cpp was not profiled (it is, through its Python binding).
+            Some(a) if what == "raw" => {
+                let mut groups: Vec<(usize, f64)> = a.groups().into_iter().enumerate().collect();
+                groups.sort_by(|x, y| y.1.total_cmp(&x.1));
+                format!(
+                    "llama.cpp's decode was not profiled (scripts/profile.sh profiles it through its Python binding: scripts/install-llamacpp.sh --python-only). Ours at context 256..512 (section 8): {} per token, the most in {}; one thread spin-waits {:.2} ms per token while the other runs what is not shared out (norms, RoPE, the small ops between the projections, candle's per-op work, sampling)",
+                    usage(a),
+                    groups.iter().take(4).map(|&(g, ms)| format!("{} {ms:.2} ms", GROUPS[g].0)).collect::<Vec<_>>().join(", "),
+                    a.groups()[spin_group()]
+                )
+            }
+            _ => format!("the profile has no {phase} run of {a_name} and {b_name}"),
+        };
+    };
     if what == "raw" {
         // Ours (a) against llama.cpp (b): where ours takes more CPU.
         let spin = |r: &Run| r.groups()[spin_group()];
