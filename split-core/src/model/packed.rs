@@ -3,6 +3,7 @@
 //! [`LANES`] shared out over candle's matmul pool, and each group's outputs put back in place.
 
 use std::borrow::Cow;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -153,12 +154,16 @@ pub(super) fn by_groups(n: usize, m: usize, what: &str, group: impl Fn(usize, &m
     candle_core::utils::barrier_pool().execute_chunked(groups, |range| {
         let mut scratch = vec![0f32; if m == 1 { 0 } else { m * LANES }];
         for g in range.clone() {
+            // SAFETY (both slices): column group `g` is in exactly one range, so its columns of
+            // each row are taken once, and each slice is dropped before the next is taken.
             if m == 1 {
-                group(g, out.slice(g * LANES, LANES));
+                #[allow(unsafe_code)]
+                group(g, unsafe { out.slice(g * LANES, LANES) });
             } else {
                 group(g, &mut scratch);
                 for (r, lanes) in scratch.chunks_exact(LANES).enumerate() {
-                    out.slice(r * n + g * LANES, LANES).copy_from_slice(lanes);
+                    #[allow(unsafe_code)]
+                    unsafe { out.slice(r * n + g * LANES, LANES) }.copy_from_slice(lanes);
                 }
             }
         }
@@ -172,33 +177,34 @@ pub(super) fn by_groups(n: usize, m: usize, what: &str, group: impl Fn(usize, &m
 }
 
 /// An output buffer shared by the pool's threads (of [`by_groups`], and of the Q8_0 head), each
-/// writing only its own columns of each row, so no two writers touch the same element.
-pub(super) struct Disjoint {
+/// writing only its own columns of each row, so no two writers touch the same element. It
+/// borrows the buffer for as long as it lives.
+pub(super) struct Disjoint<'a> {
     ptr: *mut f32,
     len: usize,
+    _buffer: PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: the workers write disjoint parts of the buffer (see `slice`), which outlives them:
-// `execute_chunked` returns only when every worker is done.
+// SAFETY: `Disjoint` only hands out ranges through `slice`, whose callers promise that no two
+// live ranges overlap; the buffer is borrowed mutably for `'a`, so nothing else touches it.
 #[allow(unsafe_code)]
-unsafe impl Sync for Disjoint {}
+unsafe impl Sync for Disjoint<'_> {}
 
-impl Disjoint {
-    pub fn new(buffer: &mut [f32]) -> Self {
-        Self { ptr: buffer.as_mut_ptr(), len: buffer.len() }
+impl<'a> Disjoint<'a> {
+    pub fn new(buffer: &'a mut [f32]) -> Self {
+        Self { ptr: buffer.as_mut_ptr(), len: buffer.len(), _buffer: PhantomData }
     }
 
-    /// Elements `at..at + len`. Callers take each range at most once across all threads (one
-    /// range of columns of one row), while the buffer lives.
-    #[allow(clippy::mut_from_ref)]
-    pub fn slice(&self, at: usize, len: usize) -> &mut [f32] {
-        assert!(at + len <= self.len, "column group outside the output");
-        // SAFETY: in bounds (the assert); no other reference to these elements exists while
-        // this one lives, since every (row, column group) range is handed out once.
-        #[allow(unsafe_code)]
-        unsafe {
-            std::slice::from_raw_parts_mut(self.ptr.add(at), len)
-        }
+    /// Elements `at..at + len` (panics if they are outside the buffer).
+    ///
+    /// # Safety
+    /// No other live slice from this `Disjoint`, on any thread, may overlap `at..at + len`.
+    #[allow(unsafe_code, clippy::mut_from_ref)]
+    pub unsafe fn slice(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len, "column range outside the output");
+        // SAFETY: in bounds (the assert), inside a buffer borrowed mutably for `'a`; the caller
+        // rules out overlapping slices.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 
